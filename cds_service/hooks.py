@@ -1,0 +1,59 @@
+"""HTTP edge of the CDS Hooks protocol: discovery and the hook endpoints."""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from flask import Blueprint, current_app, jsonify, request
+
+from .errors import outcome_response
+from .sansio.dates import today_in
+from .sansio.hook import HookError, PrefetchSource, Settings, process
+from .services import SERVICES, discovery
+from .validation import request_problem
+
+log = logging.getLogger("cds_service.decisions")
+bp = Blueprint("cds", __name__)
+
+
+@bp.get("/cds-services")
+def list_services():
+    cfg = current_app.config
+    return jsonify(discovery(cfg["CODE_SYSTEM_BASE"], cfg["CRD_VERSIONS"]))
+
+
+@bp.post("/cds-services/<service_id>")
+def call_service(service_id: str):
+    started = time.perf_counter()
+    svc = SERVICES.get(service_id)
+    if svc is None:
+        return outcome_response(404, f"no CDS service '{service_id}'; see GET /cds-services", "not-found")
+    raw = request.get_data(cache=False)
+    try:
+        body = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return outcome_response(400, f"request body is not valid JSON: {exc}", "structure")
+    if not isinstance(body, dict):
+        return outcome_response(400, "request body must be a JSON object", "structure")
+    problem = request_problem(body, svc["hook"])
+    if problem:
+        return outcome_response(400, problem[1], "invalid", problem[0])
+    cfg = current_app.config
+    today = today_in(cfg["TIMEZONE"], cfg["CLOCK"]())
+    settings = Settings(base=cfg["CODE_SYSTEM_BASE"], payer_id_system=cfg["PAYER_ID_SYSTEM"])
+    try:
+        result = process(body, current_app.extensions["cds_library"], PrefetchSource(body.get("prefetch")), today, settings)
+    except HookError as exc:
+        log.info("refused hookInstance=%s service=%s status=%s", body.get("hookInstance"), service_id, exc.status)
+        return outcome_response(exc.status, exc.diagnostics, exc.code, exc.expression)
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    for trace in result.traces:
+        # Decision log: policy version and criterion IDs only, never patient data.
+        log.info(
+            "decision hookInstance=%s service=%s code=%s revision=%s determination=%s deciding=%s ms=%.1f",
+            trace["hookInstance"], service_id, trace["code"], trace["revision"], trace["determination"],
+            ",".join(trace["deciding"]), elapsed_ms,
+        )
+    current_app.extensions["cds_traces"].record(result.traces)
+    return jsonify(result.body)

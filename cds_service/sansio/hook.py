@@ -1,0 +1,296 @@
+"""One CDS Hooks call, end to end, without I/O: request in, response and traces out.
+
+The data the evaluation reads comes through a :class:`DataSource` passed in by the
+edge: the prefetch alone today (:class:`PrefetchSource`), the EHR's FHIR server
+later.  A source answers a prefetch key with resources, or ``None`` when the data
+could not be obtained.
+"""
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import date
+from typing import Callable, Mapping, Protocol
+
+from . import cards as cards_mod
+from .case import Case
+from .coverage_info import (
+    DIALECT_2_0_1, DIALECT_2_2, NOT_APPLICABLE_REASON, TECHNICAL, coverage_information, system_action,
+)
+from .engine import (
+    INSUFFICIENT_DOCUMENTATION, NOT_APPLICABLE, NOT_MEDICALLY_NECESSARY, SUPPORTED, Evaluation, evaluate,
+)
+from .logic import Tri
+from .orders import DraftOrder, draft_orders
+from .records import PREFETCH_TYPES, KeyState, Records, bundle_resources, key_state, ref_of
+from .routing import RoutingError, route_order
+
+CONFIGURATION_OPTIONS = [
+    {
+        "code": "coverage",
+        "type": "boolean",
+        "name": "Coverage information",
+        "description": "Return coverage-information systemActions on the orders (false: cards only).",
+        "default": True,
+    },
+    {
+        "code": "advisories",
+        "type": "boolean",
+        "name": "Advisories",
+        "description": "List advisory codes (lesser-cost item, provisional discharge, ...) on cards.",
+        "default": True,
+    },
+]
+
+
+class HookError(Exception):
+    """A request the service must refuse: HTTP status and OperationOutcome issue."""
+
+    def __init__(self, status: int, code: str, diagnostics: str, expression: str | None = None):
+        super().__init__(diagnostics)
+        self.status, self.code, self.diagnostics, self.expression = status, code, diagnostics, expression
+
+
+class DataSource(Protocol):
+    def resources(self, key: str) -> list[dict] | None: ...
+
+    def state(self, key: str) -> str: ...
+
+
+class PrefetchSource:
+    """The request's prefetch as a data source (contract §4.1 key semantics)."""
+
+    def __init__(self, prefetch: Mapping | None):
+        self.prefetch = prefetch if isinstance(prefetch, Mapping) else {}
+
+    def state(self, key: str) -> str:
+        if key not in self.prefetch:
+            return KeyState.MISSING
+        return key_state(self.prefetch[key], PREFETCH_TYPES.get(key, ""))
+
+    def resources(self, key: str) -> list[dict] | None:
+        state = self.state(key)
+        if state == KeyState.MISSING:
+            return None
+        if state == KeyState.EMPTY:
+            return []
+        return bundle_resources(self.prefetch[key])
+
+
+@dataclass
+class Settings:
+    base: str = "http://example.org/fhir/cds-coverage"
+    payer_id_system: str = "http://example.org/payer-id"
+
+
+@dataclass
+class OrderOutcome:
+    order: DraftOrder
+    determination: str
+    payer_id: str | None = None
+    payer_name: str = "Coverage Requirements Discovery"
+    pa_needed: str = "conditional"
+    coverage_ref: str | None = None
+    policy: object | None = None
+    evaluation: Evaluation | None = None
+    reason: str | None = None
+    r: date | None = None
+
+
+@dataclass
+class HookResult:
+    body: dict
+    traces: list[dict] = field(default_factory=list)
+
+
+def dialect_of(request: Mapping) -> str:
+    ext = request.get("extension") if isinstance(request.get("extension"), Mapping) else {}
+    requested = str(ext.get("davinci-crd.requestedVersion", "")).strip()
+    return DIALECT_2_2 if requested == "2.2" or requested.startswith("2.2.") else DIALECT_2_0_1
+
+
+def configuration_of(request: Mapping) -> dict:
+    """Options the client sent in ``davinci-crd.configuration``, over our defaults."""
+    ext = request.get("extension") if isinstance(request.get("extension"), Mapping) else {}
+    sent = ext.get("davinci-crd.configuration")
+    config = {o["code"]: o["default"] for o in CONFIGURATION_OPTIONS}
+    if sent is None:
+        return config
+    if not isinstance(sent, Mapping):
+        raise HookError(400, "invalid", "extension.davinci-crd.configuration must be an object",
+                        "extension.davinci-crd.configuration")
+    for opt in CONFIGURATION_OPTIONS:
+        if opt["code"] in sent:
+            value = sent[opt["code"]]
+            if opt["type"] == "boolean" and not isinstance(value, bool):
+                raise HookError(400, "invalid", f"configuration option {opt['code']} must be a boolean",
+                                f"extension.davinci-crd.configuration.{opt['code']}")
+            config[opt["code"]] = value
+    return config  # unknown options are ignored, as CRD asks
+
+
+def _selected(orders: list[DraftOrder], selections: list) -> list[DraftOrder]:
+    wanted = {s for s in selections if isinstance(s, str)}
+    return [o for o in orders if o.ref in wanted or o.ref.split("/")[-1] in wanted]
+
+
+def process(
+    request: Mapping,
+    library,
+    source: DataSource,
+    today: date,
+    settings: Settings,
+    uuid_factory: Callable[[], uuid.UUID] = uuid.uuid4,
+) -> HookResult:
+    """Evaluate every draft (order-sign) or selected (order-select) order."""
+    hook = request["hook"]
+    context = request["context"]
+    dialect = dialect_of(request)
+    config = configuration_of(request)
+    all_orders = draft_orders(context.get("draftOrders"), today)
+    orders = _selected(all_orders, context.get("selections") or []) if hook == "order-select" else all_orders
+    has_server = bool(request.get("fhirServer"))
+
+    sources: list[dict] = []
+    for key in PREFETCH_TYPES:
+        sources += source.resources(key) or []
+    records = Records.build(context["patientId"], [o.resource for o in all_orders], sources)
+
+    def require(keys: list[str]) -> list[str]:
+        missing = [k for k in keys if source.state(k) == KeyState.MISSING and source.resources(k) is None]
+        if missing and not has_server:
+            raise HookError(
+                412, "not-found",
+                f"prefetch {', '.join(missing)} missing and no fhirServer to query: send the prefetch keys "
+                f"the service declares, or fhirServer with fhirAuthorization",
+                f"prefetch.{missing[0]}",
+            )
+        return missing
+
+    outcomes = []
+    for order in orders:
+        outcomes.append(_evaluate_order(order, request, library, records, source, require, today, settings, hook))
+
+    cards, actions, traces = [], [], []
+    for oc in outcomes:
+        advisories = list(oc.evaluation.advisories) if oc.evaluation and config["advisories"] else []
+        policy = oc.policy
+        ci = cards_mod.CardInput(
+            determination=oc.determination, order_ref=oc.order.ref, code=oc.order.code,
+            label=policy.label_of(policy.role_of(oc.order.code)) if policy and oc.order.code else "",
+            payer_name=oc.payer_name,
+            policy_display=policy.display if policy else None,
+            policy_url=policy.url if policy else None,
+            prefix=policy.prefix if policy else None,
+            t0=oc.order.t0, t0_assumed=oc.order.t0_assumed, r=oc.r, evaluation=oc.evaluation,
+            reason=oc.reason, advisories=advisories,
+            advisory_texts={a["code"]: a["text"] for a in (policy.advisories if policy else [])},
+        )
+        if not (hook == "order-select" and oc.determination == NOT_APPLICABLE):
+            cards.append(cards_mod.card(ci, dialect, oc.payer_id, uuid_factory))
+        if oc.coverage_ref and config["coverage"]:
+            questionnaire = None
+            if oc.determination == INSUFFICIENT_DOCUMENTATION and policy and _attestable(oc.evaluation):
+                questionnaire = f"{settings.base}/Questionnaire/{policy.prefix}"
+            ext = coverage_information(
+                determination=oc.determination, coverage_ref=oc.coverage_ref, order_ref=oc.order.ref,
+                revision=policy.prefix if policy else "-", today=today, dialect=dialect,
+                pa_needed=oc.pa_needed, reason=oc.reason, questionnaire=questionnaire, hook=hook,
+            )
+            actions.append(system_action(oc.order.resource, ext, _action_description(oc)))
+        traces.append(_trace(request, oc))
+    body: dict = {"cards": cards}
+    if actions:
+        body["systemActions"] = actions
+    return HookResult(body, traces)
+
+
+def _attestable(ev: Evaluation | None) -> bool:
+    return bool(ev) and any(
+        r.value == Tri.UNKNOWN and not r.children and r.resolution and "Questionnaire item" in r.resolution
+        for r in ev.deciding
+    )
+
+
+def _action_description(oc: OrderOutcome) -> str:
+    if oc.determination == TECHNICAL:
+        return f"Coverage information for {oc.order.ref}: could not be evaluated"
+    return f"Coverage information for {oc.order.ref}: {oc.determination}"
+
+
+def _evaluate_order(order, request, library, records, source, require, today, settings, hook) -> OrderOutcome:
+    registry = library.payers
+    if not order.resource.get("id"):
+        raise HookError(400, "required", f"draft order {order.type} has no id", "context.draftOrders")
+    referenced = [records.resolve(r, order.resource) for r in order.resource.get("insurance") or []]
+    if not any(referenced):
+        missing = require(["coverage"])
+        if missing:
+            return OrderOutcome(order, TECHNICAL, reason="Coverage data could not be retrieved (prefetch `coverage` missing; FHIR queries are not enabled)")
+    try:
+        route = route_order(order.resource, records, registry, settings.payer_id_system)
+    except RoutingError as exc:
+        raise HookError(400, "business-rule", str(exc), exc.expression) from exc
+    payer = registry[route.payer_id]
+    oc = OrderOutcome(order, NOT_APPLICABLE, payer.id, payer.name, payer.pa_needed, ref_of(route.coverage))
+    if not order.code:
+        oc.reason = NOT_APPLICABLE_REASON
+        return oc
+    policy, why_not = library.policy_for(payer, order.code, order.t0)
+    if policy is None:
+        oc.reason = NOT_APPLICABLE_REASON
+        return oc
+    oc.policy = policy
+    missing = require(policy.data_keys)
+    if missing:
+        oc.determination = TECHNICAL
+        oc.reason = (f"Patient data could not be retrieved (prefetch {', '.join(missing)} missing; "
+                     "FHIR queries are not enabled)")
+        return oc
+    case = Case(
+        order=order.resource, code=order.code, role=policy.role_of(order.code), t0=order.t0, today=today,
+        records=records, valuesets=library.valuesets, base=settings.base, payer=payer.id,
+        coverage=route.coverage, t0_assumed=order.t0_assumed,
+    )
+    evaluation = evaluate(policy, case)
+    oc.evaluation = evaluation
+    oc.determination = evaluation.determination
+    if evaluation.route in ("III", "IV"):
+        oc.r = case.r
+    oc.reason = _reason(oc)
+    if oc.determination == NOT_APPLICABLE:
+        oc.reason = NOT_APPLICABLE_REASON if not evaluation.deciding else oc.reason
+    return oc
+
+
+def _reason(oc: OrderOutcome) -> str | None:
+    ev, policy = oc.evaluation, oc.policy
+    if oc.determination == SUPPORTED:
+        return None
+    ids = ", ".join(r.id for r in ev.deciding if not r.children) or ", ".join(r.id for r in ev.deciding)
+    if oc.determination == NOT_MEDICALLY_NECESSARY:
+        return f"Not medically necessary under {policy.display}: {ids} not met"
+    if oc.determination == INSUFFICIENT_DOCUMENTATION:
+        return f"Documentation needed under {policy.display}: {ids}"
+    return f"Not governed under {policy.display}: {ids}"
+
+
+def _trace(request: Mapping, oc: OrderOutcome) -> dict:
+    """The decision record (contract §10.4 Trace): IDs, values and references, no free text."""
+    ev = oc.evaluation
+    return {
+        "hookInstance": request.get("hookInstance"),
+        "order": oc.order.ref,
+        "code": oc.order.code,
+        "payer": oc.payer_id,
+        "revision": oc.policy.prefix if oc.policy else None,
+        "t0": oc.order.t0.isoformat(),
+        "r": oc.r.isoformat() if oc.r else None,
+        "determination": oc.determination,
+        "advisories": list(ev.advisories) if ev else [],
+        "deciding": [r.id for r in ev.deciding] if ev else [],
+        "nodes": [
+            {"id": r.id, "value": r.value.value, "evidence": [e.reference for e in r.evidence]}
+            for r in (ev.nodes() if ev else [])
+        ],
+    }

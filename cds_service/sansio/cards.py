@@ -46,9 +46,16 @@ def summary(ci: CardInput) -> str:
     return text if len(text) <= SUMMARY_MAX else text[: SUMMARY_MAX - 1] + "…"
 
 
+def _short(text: str, limit: int = 90) -> str:
+    first = text.split(". ")[0].rstrip(".")
+    return first if len(first) <= limit else first[: limit - 1].rstrip() + "…"
+
+
 def line_for(result: Result) -> str:
     if result.value == Tri.UNKNOWN and result.resolution:
         tail = f"needs {result.resolution}"
+    elif result.children:
+        tail = _short(result.text)
     elif result.evidence:
         tail = "; ".join(e.text for e in result.evidence)
     else:

@@ -213,7 +213,8 @@ def _route(ctx: Context) -> tuple[str | None, list[str], Result]:
                 return None, [], Result(route_id, Tri.UNKNOWN, "Route to the applicable section",
                                         evidence=evidence, resolution=out.resolution)
         if all(o.value == Tri.TRUE for o in values):
-            return rule.to, rule.with_, Result(route_id, Tri.TRUE, f"Routed to section {rule.to}", evidence=evidence)
+            unique = list({e.reference: e for e in evidence}.values())
+            return rule.to, rule.with_, Result(route_id, Tri.TRUE, f"Routed to section {rule.to}", evidence=unique)
     return None, [], Result(route_id, Tri.FALSE, "No section applies", evidence=evidence)
 
 

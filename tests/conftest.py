@@ -1,0 +1,36 @@
+"""Shared fixtures: an ``app`` and a ``client`` (Flask style), a fixed clock, and paths."""
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from cds_service import create_app
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+PEER_DATA = SHARED / "peer-data"
+EXAMPLES = REPO / "fhir_examples"
+FIXED_NOW = datetime(2025, 12, 31, 15, 0, tzinfo=timezone.utc)
+
+
+@pytest.fixture
+def app():
+    return create_app({"TESTING": True, "CLOCK": lambda: FIXED_NOW})
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def load_json(path: Path):
+    with open(path, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+@pytest.fixture(scope="session")
+def example_index():
+    return load_json(EXAMPLES / "index.json")

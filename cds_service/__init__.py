@@ -8,7 +8,7 @@ from flask import Flask
 
 from . import errors
 from .config import DEFAULTS, utc_now
-from .library import load_library
+from .library import cached_library
 from .traces import TraceBuffer
 
 __all__ = ["create_app"]
@@ -23,7 +23,7 @@ def create_app(config: Mapping | None = None) -> Flask:
     if config:
         app.config.update({k: v for k, v in config.items() if k.isupper()})
     # Fails fast, naming the file and place, when a policy document is invalid.
-    app.extensions["cds_library"] = load_library(app.config["POLICY_DIR"], app.config["EXTRA_POLICY_FILES"])
+    app.extensions["cds_library"] = cached_library(app.config["POLICY_DIR"], app.config["EXTRA_POLICY_FILES"])
     app.extensions["cds_traces"] = TraceBuffer()
     app.json.sort_keys = False
     errors.register(app)

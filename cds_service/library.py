@@ -95,6 +95,22 @@ def _validate(validator: Draft202012Validator, data: object, path: Path) -> None
         raise PolicyError(f"{path}: schema error at {where}: {e.message}")
 
 
+_CACHE: dict[tuple, Library] = {}
+
+
+def cached_library(root: Path | str, extra_policy_files: Iterable[Path | str] = ()) -> Library:
+    """load_library, reused while no file under the library changed (a Library is read-only)."""
+    root = Path(root).resolve()
+    extras = tuple(str(Path(f).resolve()) for f in extra_policy_files)
+    stamp = tuple(sorted((str(p), p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()))
+    stamp += tuple((f, Path(f).stat().st_mtime_ns) for f in extras if Path(f).exists())
+    key = (str(root), extras, stamp)
+    if key not in _CACHE:
+        _CACHE.clear()
+        _CACHE[key] = load_library(root, extras)
+    return _CACHE[key]
+
+
 def load_library(root: Path | str, extra_policy_files: Iterable[Path | str] = ()) -> Library:
     root = Path(root)
     payers_doc = _read(root / "payers.yaml")

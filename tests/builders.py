@@ -498,7 +498,7 @@ def criteria(body: Mapping, index: int = 0) -> dict[str, dict]:
     return {c["id"].split("/", 1)[1] if "/" in c["id"] else c["id"]: c for c in evaluation(body, index)["criteria"]}
 
 
-def value(body: Mapping, short_id: str, index: int = 0) -> str | None:
+def value_of(body: Mapping, short_id: str, index: int = 0) -> str | None:
     """A criterion's value, or None when it was not evaluated (omitted)."""
     c = criteria(body, index).get(short_id)
     return c["value"] if c else None

@@ -261,3 +261,41 @@ def test_every_card_has_uuid_and_evaluation_extension(client, example_index):
         for action in payload.get("systemActions", []):
             (ext,) = [e for e in action["resource"]["extension"] if e["url"] == EXT]
             assert coverage_information_errors(ext, "2.0.1") == []
+
+
+@pytest.mark.parametrize(
+    "element,value,needle",
+    [
+        ("authoredOn", "yesterday", "authoredOn"),
+        ("codeCodeableConcept", {"coding": "E1390"}, "codeCodeableConcept.coding"),
+        ("insurance", "Coverage/1", "insurance"),
+    ],
+)
+def test_malformed_draft_order_elements_are_400_naming_the_element(client, supported, element, value, needle):
+    supported["context"]["draftOrders"]["entry"][0]["resource"][element] = value
+    resp = client.post("/cds-services/order-sign-crd", json=supported)
+    assert resp.status_code == 400
+    issue = resp.get_json()["issue"][0]
+    assert issue["expression"] == [f"context.draftOrders.entry[0].resource.{needle}"]
+
+
+def test_draft_order_missing_unread_required_elements_is_still_evaluated(client, supported):
+    """Real EHRs send drafts without `intent`; the evaluation does not read it."""
+    supported["context"]["draftOrders"]["entry"][0]["resource"].pop("intent", None)
+    resp = client.post("/cds-services/order-sign-crd", json=supported)
+    assert resp.status_code == 200
+    assert resp.get_json()["cards"][0]["summary"].startswith("SUPPORTED")
+
+
+def test_decision_log_has_no_patient_data(client, supported, caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="cds_service")
+    client.post("/cds-services/order-sign-crd", json=supported)
+    text = caplog.text
+    assert "decision" in text and "CP.MP.190-2023" in text
+    patient = supported["prefetch"]["patient"]
+    for value in (patient["id"], patient["name"][0]["family"], patient["birthDate"], supported["context"]["patientId"]):
+        assert value not in text
+    for entry in supported["prefetch"]["observations"]["entry"]:
+        assert entry["resource"]["id"] not in text

@@ -17,6 +17,7 @@ from .case import Case
 from .coverage_info import (
     DIALECT_2_0_1, DIALECT_2_2, NOT_APPLICABLE_REASON, TECHNICAL, coverage_information, system_action,
 )
+from .fhir_models import order_problem
 from .engine import (
     INSUFFICIENT_DOCUMENTATION, NOT_APPLICABLE, NOT_MEDICALLY_NECESSARY, SUPPORTED, Evaluation, evaluate,
 )
@@ -220,8 +221,12 @@ def _action_description(oc: OrderOutcome) -> str:
 
 def _evaluate_order(order, request, library, records, source, require, today, settings, hook) -> OrderOutcome:
     registry = library.payers
+    where = f"context.draftOrders.entry[{order.index}].resource"
     if not order.resource.get("id"):
-        raise HookError(400, "required", f"draft order {order.type} has no id", "context.draftOrders")
+        raise HookError(400, "required", f"{where}: draft order {order.type} has no id", where)
+    problem = order_problem(order.resource)
+    if problem:
+        raise HookError(400, "structure", f"{where}.{problem[0]}: {problem[1]}", f"{where}.{problem[0]}")
     referenced = [records.resolve(r, order.resource) for r in order.resource.get("insurance") or []]
     if not any(referenced):
         missing = require(["coverage"])

@@ -21,6 +21,7 @@ class DraftOrder:
     code: str | None  # first HCPCS/CPT code, modifiers ignored
     t0: date
     t0_assumed: bool
+    index: int = 0  # position in draftOrders.entry
 
     @property
     def ref(self) -> str:
@@ -54,9 +55,9 @@ def order_codes(resource: Mapping) -> list[str]:
 
 def draft_orders(bundle: object, today: date) -> list[DraftOrder]:
     out = []
-    for res in bundle_resources(bundle):
+    for i, res in enumerate(bundle_resources(bundle)):
         res.pop("__fullUrl", None)
         codes = order_codes(res)
         t0 = parse_date(res.get("authoredOn"))
-        out.append(DraftOrder(res, codes[0] if codes else None, t0 or today, t0 is None))
+        out.append(DraftOrder(res, codes[0] if codes else None, t0 or today, t0 is None, i))
     return out

@@ -24,6 +24,8 @@ DEFAULTS = {
     "TIMEZONE": "UTC",
     # CRD versions offered in discovery (davinci-crd.version, major.minor as CRD asks).
     "CRD_VERSIONS": ["2.0", "2.2"],
+    # Procedure codes governed by a procedure-specific policy instead of MC.CP.MP.31 (contract §3.3).
+    "PROCEDURE_SPECIFIC_CODES": [],
     # Largest request body accepted (bytes).
     "MAX_CONTENT_LENGTH": 5 * 1024 * 1024,
     # Public base URL of this service (source links, questionnaire endpoints); None = from the request.

@@ -41,7 +41,11 @@ def call_service(service_id: str):
         return outcome_response(400, problem[1], "invalid", problem[0])
     cfg = current_app.config
     today = today_in(cfg["TIMEZONE"], cfg["CLOCK"]())
-    settings = Settings(base=cfg["CODE_SYSTEM_BASE"], payer_id_system=cfg["PAYER_ID_SYSTEM"])
+    settings = Settings(
+        base=cfg["CODE_SYSTEM_BASE"],
+        payer_id_system=cfg["PAYER_ID_SYSTEM"],
+        procedure_specific_codes=tuple(cfg["PROCEDURE_SPECIFIC_CODES"]),
+    )
     try:
         result = process(body, current_app.extensions["cds_library"], PrefetchSource(body.get("prefetch")), today, settings)
     except HookError as exc:

@@ -33,4 +33,8 @@ def load_json(path: Path):
 
 @pytest.fixture(scope="session")
 def example_index():
-    return load_json(EXAMPLES / "index.json")
+    return [
+        {**e, "file": f"{folder.name}/{e['file']}"}
+        for folder in sorted(p for p in EXAMPLES.iterdir() if (p / "index.json").exists())
+        for e in load_json(folder / "index.json")
+    ]

@@ -117,6 +117,30 @@ def test_spo2_group2_boundary_with_heart_failure_and_edema(client, sat, group2a,
     assert determination(body) == expected
 
 
+def test_heart_failure_without_edema_lets_the_attestation_decide(client):
+    obs = [spo2(89, T0, id="sat")]
+    unanswered = post(client, adult(obs, conditions=[condition("I50.9", id="c-hf")]))
+    assert value_of(unanswered, "I.B.2.b.i") == "UNKNOWN"
+    assert determination(unanswered) == INSUFFICIENT
+    attested = post(client, adult(obs, conditions=[condition("I50.9", id="c-hf")],
+                                  answers={"I.E": True, "I.B.2.b.i": True}))
+    assert value_of(attested, "I.B.2.b.i") == "TRUE"
+    assert determination(attested) == SUPPORTED
+
+
+def test_condition_with_onset_after_t0_is_not_present(client):
+    late_hf = condition("I50.9", onset=after(1), id="c-hf")
+    body = post(client, adult([spo2(89, T0, id="sat")], conditions=[late_hf, condition("R60.0", id="c-edema")]))
+    assert value_of(body, "I.B.2.b.i") == "UNKNOWN"  # only EDEMA present → the attestation decides
+
+
+@pytest.mark.parametrize("status", ["preliminary", "registered", "cancelled"])
+def test_observation_not_final_is_ignored(client, status):
+    body = post(client, adult([spo2(88, T0, id="sat", status=status)]))
+    assert value_of(body, "I.B.1.a") == "FALSE"
+    assert determination(body) == INSUFFICIENT
+
+
 # -- hematocrit (I.B.2.b.iii; INT-18) ---------------------------------------------------
 @pytest.mark.parametrize("hct, iii, expected", [(56.0, "FALSE", NMN), (56.1, "TRUE", SUPPORTED)])
 def test_hematocrit_must_be_greater_than_56(client, hct, iii, expected):
@@ -295,6 +319,19 @@ def test_reauth_group2_new_test_window_is_r_minus_30(client, days, new_test, exp
     assert determination(body) == expected
 
 
+@pytest.mark.parametrize("initial_sat, group, leaf", [(88, 1, "III.A.3.a"), (89, 2, "III.A.3.b")])
+def test_reauth_initial_group_derived_from_the_test_before_the_prior_request(client, initial_sat, group, leaf):
+    # §8: unanswered ROUTE#initial-group → the latest valid test on or before the prior request's authoredOn.
+    obs = [spo2(initial_sat, "2025-02-20", id="sat-initial"), spo2(initial_sat, before(20), id="sat-new")]
+    req = request(prior_request=PRIOR, encounters=[eval_visit(10)], observations=obs,
+                  conditions=HF_EDEMA, questionnaire_answers={"III.A.1": False})
+    body = post(client, req)
+    assert value_of(body, leaf) == "TRUE"
+    other = "III.A.3.b" if group == 1 else "III.A.3.a"
+    assert value_of(body, other) is None
+    assert determination(body) == SUPPORTED
+
+
 @pytest.mark.parametrize("prior, route", [
     (PRIOR, "III"),  # priorRequest references an oxygen DeviceRequest
     ("DeviceRequest/not-on-file", "III"),  # an unresolvable reference also counts
@@ -447,8 +484,8 @@ def test_oxygen_status_of_the_test(client, o2, group1, expected):
 def test_on_oxygen_test_does_not_qualify_under_21_either(client):
     body = post(client, request(birth_date=CHILD_BIRTH, reason_codes=["E84.0"],
                                 observations=[spo2(85, T0, o2="on", id="sat")]))
-    assert value_of(body, "II.B.2") != "TRUE"
-    assert determination(body) != SUPPORTED
+    assert value_of(body, "II.B") == "UNKNOWN"  # the only test is invalid (INT-10)
+    assert determination(body) == INSUFFICIENT
 
 
 @pytest.mark.parametrize("at, group1, expected", [
@@ -567,6 +604,13 @@ def test_angina_as_only_indication_without_hypoxemia_is_not_medically_necessary(
     assert determination(body) == NMN
     assert "V" in deciding(body) and "V.A" in deciding(body)
     assert "V.B" not in deciding(body)
+
+
+def test_angina_that_is_not_the_order_indication_is_not_excluded(client):
+    # The order's reasonCode (COPD) is the indication; a present angina Condition is not (§3.1, INT-22).
+    body = post(client, adult([spo2(93, T0, id="sat")], conditions=[condition("I20.9", id="c-angina")]))
+    assert value_of(body, "V.A") == "FALSE"
+    assert "V.A" not in deciding(body)
 
 
 def test_angina_with_qualifying_hypoxemia_is_not_excluded(client):

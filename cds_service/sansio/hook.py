@@ -82,6 +82,8 @@ class PrefetchSource:
 class Settings:
     base: str = "http://example.org/fhir/cds-coverage"
     payer_id_system: str = "http://example.org/payer-id"
+    # Codes governed by a procedure-specific policy instead (contract §3.3, A-65); empty by default.
+    procedure_specific_codes: tuple = ()
 
 
 @dataclass
@@ -256,6 +258,7 @@ def _evaluate_order(order, request, library, records, source, require, today, se
         order=order.resource, code=order.code, role=policy.role_of(order.code), t0=order.t0, today=today,
         records=records, valuesets=library.valuesets, base=settings.base, payer=payer.id,
         coverage=route.coverage, t0_assumed=order.t0_assumed,
+        settings={"procedure_specific_codes": tuple(settings.procedure_specific_codes)},
     )
     evaluation = evaluate(policy, case)
     oc.evaluation = evaluation

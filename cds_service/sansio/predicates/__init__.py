@@ -6,8 +6,8 @@ what would resolve it.  Policies combine them; a new policy revision that reuses
 these names needs no Python change.
 """
 from ..engine import PREDICATES
-from . import common, oxygen  # noqa: F401  (registration side effects)
-from .common import condition_applies
+from . import common, cosmetic, masshealth, oxygen, pump  # noqa: F401  (registration side effects)
+from .common import APPLIES, condition_applies
 from .oxygen import no_valid_test_outcome
 
-__all__ = ["PREDICATES", "condition_applies", "no_valid_test_outcome"]
+__all__ = ["APPLIES", "PREDICATES", "condition_applies", "no_valid_test_outcome"]

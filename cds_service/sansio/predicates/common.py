@@ -137,14 +137,34 @@ def indication_only(ctx: Context, node: Node, params: Mapping) -> Outcome:
     return Outcome(Tri.of(value), [Evidence(d.ref, f"{d.ref} {d.code}") for d in (found + blockers)[:3]])
 
 
+APPLIES: dict = {}
+
+
+def applies_condition(name: str):
+    """Register a node ``applies`` condition: a structural fact, TRUE or FALSE, never UNKNOWN."""
+
+    def register(fn):
+        APPLIES[name] = fn
+        return fn
+
+    return register
+
+
+@applies_condition("order_role")
+def _order_role(ctx: Context, value) -> bool:
+    roles = set()
+    for v in value:
+        roles |= ORDER_ROLE_GROUPS.get(v, {v})
+    return ctx.case.role in roles
+
+
+@applies_condition("order_codes")
+def _order_codes(ctx: Context, value) -> bool:
+    return ctx.case.code in value
+
+
 def condition_applies(ctx: Context, key: str, value: object) -> bool:
     """Node ``applies`` conditions: structural facts about the order, never UNKNOWN."""
-    case = ctx.case
-    if key == "order_role":
-        roles = set()
-        for v in value:
-            roles |= ORDER_ROLE_GROUPS.get(v, {v})
-        return case.role in roles
-    if key == "order_codes":
-        return case.code in value
-    raise ValueError(f"unknown applies condition {key!r}")
+    if key not in APPLIES:
+        raise ValueError(f"unknown applies condition {key!r}")
+    return APPLIES[key](ctx, value)

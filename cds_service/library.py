@@ -166,6 +166,9 @@ def _cross_check(policy: Policy, doc: Mapping, valuesets: ValueSets, payers: Map
                 fail(f"route/{i}/with", f"unknown section {s!r}")
         for j, cond in enumerate(rule.when):
             _check_call(cond["predicate"], cond.get("params") or {}, valuesets, f"route/{i}/when/{j}", fail)
+    for vs in policy.episode_members.get("medication_value_sets", []):
+        if vs not in valuesets:
+            fail("episode_members", f"unknown value set {vs!r}")
     for adv in policy.advisories:
         vs = (adv.get("when") or {}).get("diagnosis")
         if vs and vs not in valuesets:

@@ -74,8 +74,9 @@ def test_pao2_group2_range_is_above_55_through_59(client, mmhg, group2, expected
     assert determination(body) == expected
 
 
-def test_pao2_in_kpa_7_33_converts_to_55_and_qualifies(client):
-    body = post(client, adult([pao2(7.33, T0, unit="kPa", id="abg")]))  # 54.98 → 55.0
+@pytest.mark.parametrize("kpa", [7.33, 7.333])  # 54.98 and 55.002, both 55.0 rounded to 0.1
+def test_pao2_in_kpa_converts_to_55_0_and_qualifies(client, kpa):
+    body = post(client, adult([pao2(kpa, T0, unit="kPa", id="abg")]))
     assert value_of(body, "I.B.1.a") == "TRUE"
     assert "Observation/abg" in next(c for c in evaluation(body)["criteria"] if c["id"].endswith("/I.B.1.a"))["evidence"]
     assert determination(body) == SUPPORTED

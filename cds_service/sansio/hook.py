@@ -98,6 +98,7 @@ class OrderOutcome:
     evaluation: Evaluation | None = None
     reason: str | None = None
     r: date | None = None
+    episode_of: str | None = None  # the order whose episode determination this one takes
 
 
 @dataclass
@@ -173,6 +174,7 @@ def process(
     outcomes = []
     for order in orders:
         outcomes.append(_evaluate_order(order, request, library, records, source, require, today, settings, hook))
+    _join_episodes(outcomes, library)
 
     cards, actions, traces = [], [], []
     for oc in outcomes:
@@ -180,7 +182,7 @@ def process(
         policy = oc.policy
         ci = cards_mod.CardInput(
             determination=oc.determination, order_ref=oc.order.ref, code=oc.order.code,
-            label=policy.label_of(policy.role_of(oc.order.code)) if policy and oc.order.code else "",
+            label=_label(oc),
             payer_name=oc.payer_name,
             policy_display=policy.display if policy else None,
             policy_url=policy.url if policy else None,
@@ -206,6 +208,50 @@ def process(
     if actions:
         body["systemActions"] = actions
     return HookResult(body, traces)
+
+
+def episode_member_of(policy, order: DraftOrder, valuesets) -> bool:
+    """An order that takes the determination of its episode (contract §3.2: J2274, pump drugs)."""
+    members = policy.episode_members
+    if not members:
+        return False
+    if order.code and order.code in members.get("codes", []):
+        return True
+    if order.type != "MedicationRequest":
+        return False
+    res = order.resource
+    from .codes import codings
+
+    routes = {c for d in res.get("dosageInstruction") or [] if isinstance(d, Mapping) for _, c in codings(d.get("route"))}
+    if routes & set(members.get("medication_routes", [])):
+        return True
+    concept = res.get("medicationCodeableConcept")
+    return any(valuesets.matches_concept(vs, concept) for vs in members.get("medication_value_sets", []))
+
+
+def _join_episodes(outcomes: list[OrderOutcome], library) -> None:
+    """Episode members take the determination of the governed order they go with."""
+    leads = [oc for oc in outcomes if oc.policy is not None and oc.policy.episode_members and oc.evaluation]
+    for oc in outcomes:
+        if oc.policy is not None or oc.determination == TECHNICAL or not oc.payer_id:
+            continue
+        lead = next((lo for lo in leads if lo.payer_id == oc.payer_id
+                     and episode_member_of(lo.policy, oc.order, library.valuesets)), None)
+        if lead is None:
+            continue
+        oc.policy, oc.evaluation, oc.determination = lead.policy, lead.evaluation, lead.determination
+        oc.r, oc.episode_of = lead.r, lead.order.ref
+        oc.reason = lead.reason
+
+
+def _label(oc: OrderOutcome) -> str:
+    policy = oc.policy
+    if policy is None:
+        return ""
+    role = policy.role_of(oc.order.code) if oc.order.code else None
+    if role:
+        return policy.label_of(role)
+    return f"(episode of {oc.episode_of})" if oc.episode_of else ""
 
 
 def _attestable(ev: Evaluation | None) -> bool:
@@ -295,6 +341,7 @@ def _trace(request: Mapping, oc: OrderOutcome) -> dict:
         "t0": oc.order.t0.isoformat(),
         "r": oc.r.isoformat() if oc.r else None,
         "determination": oc.determination,
+        "episodeOf": oc.episode_of,
         "advisories": list(ev.advisories) if ev else [],
         "deciding": [r.id for r in ev.deciding] if ev else [],
         "nodes": [

@@ -49,6 +49,7 @@ class Policy:
     sections: dict[str, Node]
     items: dict[str, Item]
     advisories: list[dict]
+    episode_members: dict = field(default_factory=dict)
     source_file: str = ""
     _index: dict[str, Node] = field(default_factory=dict)
     _parents: dict[str, str] = field(default_factory=dict)
@@ -137,6 +138,7 @@ def build_policy(doc: Mapping, source_file: str = "") -> Policy:
         sections=sections,
         items=items,
         advisories=list(doc.get("advisories") or []),
+        episode_members=dict(doc.get("episode_members") or {}),
         source_file=source_file,
     )
 

@@ -9,6 +9,7 @@ from flask import Flask
 from . import errors
 from .config import DEFAULTS, utc_now
 from .library import cached_library
+from .sansio.fhir_models import warm_models
 from .traces import TraceBuffer
 
 __all__ = ["create_app"]
@@ -25,6 +26,7 @@ def create_app(config: Mapping | None = None) -> Flask:
     # Fails fast, naming the file and place, when a policy document is invalid.
     app.extensions["cds_library"] = cached_library(app.config["POLICY_DIR"], app.config["EXTRA_POLICY_FILES"])
     app.extensions["cds_traces"] = TraceBuffer()
+    warm_models()  # import the FHIR models now, not in the first prescriber's request
     app.json.sort_keys = False
     errors.register(app)
 

@@ -45,6 +45,7 @@ def call_service(service_id: str):
         base=cfg["CODE_SYSTEM_BASE"],
         payer_id_system=cfg["PAYER_ID_SYSTEM"],
         procedure_specific_codes=tuple(cfg["PROCEDURE_SPECIFIC_CODES"]),
+        questionnaire_endpoint=(cfg["PUBLIC_BASE_URL"] or request.host_url).rstrip("/") + "/fhir/Questionnaire",
     )
     try:
         result = process(body, current_app.extensions["cds_library"], PrefetchSource(body.get("prefetch")), today, settings)

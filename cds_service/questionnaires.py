@@ -5,7 +5,7 @@ or DTR client fetch it from the service itself.
 """
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify
+from flask import Blueprint, current_app, jsonify, request
 
 from .errors import outcome_response
 
@@ -37,3 +37,18 @@ def get_questionnaire(prefix: str):
     if policy is None:
         return outcome_response(404, f"no Questionnaire for policy revision '{prefix}'", "not-found")
     return jsonify(questionnaire(policy, current_app.config["CODE_SYSTEM_BASE"]))
+
+
+@bp.get("/fhir/Questionnaire")
+def search_questionnaires():
+    """FHIR search by ``url`` (canonical, optionally ``|version``); no parameter lists them all."""
+    base = current_app.config["CODE_SYSTEM_BASE"]
+    library = current_app.extensions["cds_library"]
+    url = request.args.get("url")
+    policies = library.policies
+    if url is not None:
+        canonical = url.split("|", 1)[0]
+        policies = [p for p in policies if f"{base}/Questionnaire/{p.prefix}" == canonical]
+    entries = [{"fullUrl": f"{base}/Questionnaire/{p.prefix}", "resource": questionnaire(p, base), "search": {"mode": "match"}}
+               for p in policies]
+    return jsonify({"resourceType": "Bundle", "type": "searchset", "total": len(entries), "entry": entries})

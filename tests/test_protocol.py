@@ -299,3 +299,26 @@ def test_decision_log_has_no_patient_data(client, supported, caplog):
         assert value not in text
     for entry in supported["prefetch"]["observations"]["entry"]:
         assert entry["resource"]["id"] not in text
+
+
+def test_insufficient_card_links_the_questionnaire_and_it_resolves(client):
+    payload = client.post("/cds-services/order-sign-crd", json=load_json(INSUFFICIENT_EXAMPLE)).get_json()
+    (link,) = payload["cards"][0]["links"]
+    assert link["type"] == "absolute"
+    assert link["url"] == "http://localhost/fhir/Questionnaire/CP.MP.190-2023"
+    q = client.get(link["url"].replace("http://localhost", "")).get_json()
+    assert q["resourceType"] == "Questionnaire"
+    assert "CP.MP.190-2023/I.F.1" in {i["linkId"] for i in q["item"]}
+
+
+def test_questionnaire_search_by_canonical(client):
+    canonical = "http://example.org/fhir/cds-coverage/Questionnaire/CP.MP.190-2023"
+    bundle = client.get("/fhir/Questionnaire", query_string={"url": canonical}).get_json()
+    assert bundle["resourceType"] == "Bundle" and bundle["total"] == 1
+    assert bundle["entry"][0]["resource"]["url"] == canonical
+    assert client.get("/fhir/Questionnaire", query_string={"url": "http://nowhere/Q"}).get_json()["total"] == 0
+
+
+def test_supported_card_has_no_questionnaire_link(client, supported):
+    card = client.post("/cds-services/order-sign-crd", json=supported).get_json()["cards"][0]
+    assert "links" not in card

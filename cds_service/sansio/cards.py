@@ -34,6 +34,7 @@ class CardInput:
     reason: str | None = None
     advisories: list[str] = field(default_factory=list)
     advisory_texts: dict = field(default_factory=dict)
+    questionnaire_link: str | None = None  # where the EHR can fetch the attestation Questionnaire
 
 
 def summary(ci: CardInput) -> str:
@@ -125,7 +126,7 @@ def card(ci: CardInput, dialect: str, payer_id: str | None, uuid_factory=uuid.uu
     }
     if ci.policy_url:
         source["url"] = ci.policy_url
-    return {
+    out = {
         "uuid": str(uuid_factory()),
         "summary": summary(ci),
         "indicator": indicator,
@@ -136,3 +137,6 @@ def card(ci: CardInput, dialect: str, payer_id: str | None, uuid_factory=uuid.uu
             EVALUATION_KEY: evaluation_extension(ci, payer_id),
         },
     }
+    if ci.questionnaire_link:
+        out["links"] = [{"label": "Attestation questionnaire for this policy", "url": ci.questionnaire_link, "type": "absolute"}]
+    return out

@@ -70,3 +70,8 @@ def order_problem(resource: Mapping) -> tuple[str, str] | None:
         path = ".".join(str(p) for p in err.get("loc", ()) if p != "__root__")
         return path, err.get("msg", "invalid")
     return None
+
+
+def warm_models() -> None:
+    for rtype in _MODULES:
+        _model(rtype)

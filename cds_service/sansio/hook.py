@@ -82,6 +82,8 @@ class PrefetchSource:
 class Settings:
     base: str = "http://example.org/fhir/cds-coverage"
     payer_id_system: str = "http://example.org/payer-id"
+    # Where this service serves Questionnaires (…/fhir/Questionnaire); None: no card link.
+    questionnaire_endpoint: str | None = None
     # Codes governed by a procedure-specific policy instead (contract §3.3, A-65); empty by default.
     procedure_specific_codes: tuple = ()
 
@@ -180,6 +182,7 @@ def process(
     for oc in outcomes:
         advisories = list(oc.evaluation.advisories) if oc.evaluation and config["advisories"] else []
         policy = oc.policy
+        attest = oc.determination == INSUFFICIENT_DOCUMENTATION and policy is not None and _attestable(oc.evaluation)
         ci = cards_mod.CardInput(
             determination=oc.determination, order_ref=oc.order.ref, code=oc.order.code,
             label=_label(oc),
@@ -190,12 +193,14 @@ def process(
             t0=oc.order.t0, t0_assumed=oc.order.t0_assumed, r=oc.r, evaluation=oc.evaluation,
             reason=oc.reason, advisories=advisories,
             advisory_texts={a["code"]: a["text"] for a in (policy.advisories if policy else [])},
+            questionnaire_link=f"{settings.questionnaire_endpoint}/{policy.prefix}"
+            if attest and settings.questionnaire_endpoint and hook != "order-select" else None,
         )
         if not (hook == "order-select" and oc.determination == NOT_APPLICABLE):
             cards.append(cards_mod.card(ci, dialect, oc.payer_id, uuid_factory))
         if oc.coverage_ref and config["coverage"]:
             questionnaire = None
-            if oc.determination == INSUFFICIENT_DOCUMENTATION and policy and _attestable(oc.evaluation):
+            if attest:
                 questionnaire = f"{settings.base}/Questionnaire/{policy.prefix}"
             ext = coverage_information(
                 determination=oc.determination, coverage_ref=oc.coverage_ref, order_ref=oc.order.ref,

@@ -276,6 +276,17 @@ def _signs(ctx: Context) -> list[Evidence]:
     return found
 
 
+@predicate("p_wave_above")
+def p_wave_above(ctx: Context, node: Node, params: Mapping) -> Outcome:
+    """P pulmonale on EKG: a P wave above the limit in II, III or aVF (closed world: none → FALSE)."""
+    limit = params.get("mm", 3.0)
+    waves = [p for p in ctx.case.extractor.p_waves() if p.value > limit]
+    if waves:
+        p = waves[0]
+        return Outcome(Tri.TRUE, [Evidence(p.ref, f"{p.ref} P wave {p.value:g} mm, {iso(p.date)}")])
+    return Outcome(Tri.FALSE, note=f"no P wave > {limit:g} mm recorded")
+
+
 @predicate("hypoxemia_signs")
 def hypoxemia_signs(ctx: Context, node: Node, params: Mapping) -> Outcome:
     """Signs or symptoms reasonably attributable to hypoxemia (INT-28)."""

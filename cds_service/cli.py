@@ -22,7 +22,12 @@ def _app(args):
 def serve(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     app = _app(args)
-    app.run(host=args.host, port=args.port, debug=False, use_reloader=False, threaded=True)
+    if args.dev:
+        app.run(host=args.host, port=args.port, debug=False, use_reloader=False, threaded=True)
+        return 0
+    from .server import serve as production_serve
+
+    production_serve(app, args.host, args.port, args.workers, args.threads)
     return 0
 
 
@@ -74,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
     p_serve = sub.add_parser("serve", help="run the HTTP service")
     p_serve.add_argument("--host", default="127.0.0.1")
     p_serve.add_argument("--port", type=int, default=8080)
+    p_serve.add_argument("--workers", type=int, help="worker processes (default: config WORKERS, else 2 per core)")
+    p_serve.add_argument("--threads", type=int, help="threads per worker (default: config THREADS, else 4)")
+    p_serve.add_argument("--dev", action="store_true", help="Flask's development server instead of gunicorn")
     p_serve.set_defaults(func=serve)
     p_eval = sub.add_parser("evaluate", help="evaluate a hook request file and print cards and trace")
     p_eval.add_argument("request")

@@ -28,6 +28,9 @@ DEFAULTS = {
     "PROCEDURE_SPECIFIC_CODES": [],
     # Largest request body accepted (bytes).
     "MAX_CONTENT_LENGTH": 5 * 1024 * 1024,
+    # Production server (cds-service serve): worker processes (None: 2 per core) and threads per worker.
+    "WORKERS": None,
+    "THREADS": 4,
     # Public base URL of this service (source links, questionnaire endpoints); None = from the request.
     "PUBLIC_BASE_URL": None,
 }

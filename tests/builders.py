@@ -47,6 +47,8 @@ _CONTEXT_EXT = {
     "REST": (VS + "ExerciseAssociationExt", "263678003"),
     "EXERCISE": (VS + "ExerciseAssociationExt", "309604004"),
     "SLEEP": (VS + "SleepStatusExt", "248220008"),
+    # 255214003 "after exercise": EXERCISE only in the same session as a during-exercise value (INT-11).
+    "AFTER_EXERCISE": (VS + "ExerciseAssociationExt", "255214003"),
 }
 _O2_FLOW = {"room": 0, "on": 2}
 _COMPONENT_UNITS = {"percent-time-spo2-lt-92": "%", "baseline-awake-spo2": "%"}
@@ -174,7 +176,7 @@ def spo2(
 ) -> dict:
     """An SpO2 Observation (§12 shape): context via the vitals extensions, O2 via 3151-8.
 
-    ``context``: "REST" | "EXERCISE" | "SLEEP" | None (no extension);
+    ``context``: "REST" | "EXERCISE" | "SLEEP" | "AFTER_EXERCISE" | None (no extension);
     ``o2``: "room" (3151-8 = 0 L/min) | "on" (2 L/min) | None (not recorded);
     ``components``: overnight oximetry summary values (§5.6), e.g. ``{"minutes-spo2-le-88": 5.0}``.
     """

@@ -245,6 +245,8 @@ def test_f90_attestation_authored_t0_minus_90_counts_and_91_is_stale(client, day
     assert determination(body) == expected
     if ie == "UNKNOWN":
         assert "I.E" in deciding(body)
+        assert "stale" in body["cards"][0]["detail"]  # §9.2: the card says the answer is stale
+        assert body["cards"][0]["indicator"] == "warning"
         ci = coverage_information(body)
         assert ci["covered"] == "conditional"
         assert ci["questionnaire"] == QUESTIONNAIRE  # an attestable deciding leaf
@@ -470,6 +472,59 @@ def test_dme_performer_is_fine_under_21(client):
     assert determination(body) == SUPPORTED
 
 
+def test_performer_class_falls_back_to_the_encounter_service_provider(client):
+    dme = organization("org-dme", nucc="332B00000X")
+    visit = encounter("enc-dme-visit", "AMB", T0, T0, service_provider="Organization/org-dme")
+    obs = [spo2(88, T0, performer=None, encounter="Encounter/enc-dme-visit", id="sat")]
+    body = post(client, adult(obs, encounters=[visit], organizations=[dme]))
+    assert value_of(body, "I.B.1.a") == "FALSE"
+    assert value_of(body, "I.C") == "UNKNOWN"
+    assert determination(body) == INSUFFICIENT
+
+
+@pytest.mark.parametrize("performer", [None, "Practitioner/not-on-file"])
+def test_unresolvable_performer_leaves_validity_unknown(client, performer):
+    obs = [spo2(88, T0, performer=performer, id="sat")]  # the visit encounter has no serviceProvider
+    body = post(client, adult(obs))
+    assert value_of(body, "I.B.1.a") == "UNKNOWN"
+    assert value_of(body, "I.C") == "UNKNOWN"
+    assert determination(body) == INSUFFICIENT
+
+
+@pytest.mark.parametrize("days, new_test, expected", [(30, "TRUE", SUPPORTED), (31, "UNKNOWN", INSUFFICIENT)])
+def test_pediatric_reauth_new_test_window_is_r_minus_30(client, days, new_test, expected):
+    req = request(birth_date=CHILD_BIRTH, reason_codes=["E84.0"], prior_request=PRIOR,
+                  encounters=[eval_visit(5)], observations=[spo2(90, before(days), id="sat-new")])
+    body = post(client, req)
+    assert evaluation(body)["route"] == "IV"
+    assert value_of(body, "IV.B.1.a") == new_test
+    assert determination(body) == expected
+
+
+@pytest.mark.parametrize("taxonomy, value, advisory", [
+    ("332B00000X", "FALSE", False),  # a DME company alone
+    ("332BX2000X", "UNKNOWN", True),  # a home oxygen provider: medical-director review
+])
+def test_pediatric_reauth_test_by_dme_company(client, taxonomy, value, advisory):
+    dme = organization("org-dme", nucc=taxonomy)
+    req = request(birth_date=CHILD_BIRTH, reason_codes=["E84.0"], prior_request=PRIOR, encounters=[eval_visit(5)],
+                  observations=[spo2(90, before(3), performer="Organization/org-dme", id="sat-new")],
+                  organizations=[dme], questionnaire_answers={"IV.B.2": False})
+    body = post(client, req)
+    assert value_of(body, "IV.B.1.b") == value
+    assert ("MD_REVIEW" in evaluation(body)["advisories"]) is advisory
+    assert determination(body) == (NMN if value == "FALSE" else INSUFFICIENT)
+
+
+@pytest.mark.parametrize("latest, baseline, expected", [(91, "TRUE", SUPPORTED), (92, "FALSE", NMN)])
+def test_pediatric_baseline_saturation_below_92_uses_the_latest_resting_value(client, latest, baseline, expected):
+    obs = [spo2(88, before(40), id="sat-old"), spo2(latest, before(3), id="sat-latest")]  # INT-21
+    body = post(client, request(birth_date=CHILD_BIRTH, reason_codes=["E84.0"], observations=obs,
+                                questionnaire_answers={"II.B.3": False}))
+    assert value_of(body, "II.B.2") == baseline
+    assert determination(body) == expected
+
+
 # -- oxygen status (§5.4) and 51733-4 (INT-24) -------------------------------------------------
 @pytest.mark.parametrize("o2, group1, expected", [
     ("on", "FALSE", INSUFFICIENT),  # ON_O2 never qualifies (and is not a valid test)
@@ -533,6 +588,8 @@ def test_sleep_only_qualification_denies_portable_oxygen(client, code):
     assert value_of(body, "I.F.1") == "TRUE"
     assert value_of(body, "I.F.2") == "FALSE"
     assert determination(body) == NMN
+    assert ("LESSER_COST" in evaluation(body)["advisories"]) is (code == "E1392")  # 2023: E1392, not E0431
+    assert body["cards"][0]["indicator"] == "warning"
     assert "I.F.2" in deciding(body)
     assert "I.B.1.b" not in deciding(body)
     ci = coverage_information(body)
@@ -597,6 +654,44 @@ def test_exercise_improvement_in_another_session_falls_back_to_the_attestation(c
     assert determination(attested) == SUPPORTED
 
 
+def test_after_exercise_value_in_the_same_session_as_exercise_counts_as_exercise(client):
+    # §5.3: 255214003 is EXERCISE in the same session as a during-exercise value (INT-11).
+    obs = [
+        spo2(90, before(7), context="EXERCISE", at="10:00", id="sat-walk"),
+        spo2(87, before(7), context="AFTER_EXERCISE", at="10:07", id="sat-post"),
+        spo2(93, before(7), context="EXERCISE", o2="on", at="10:20", id="sat-walk-o2"),
+    ]
+    body = post(client, adult(obs))
+    assert value_of(body, "I.B.1.d#exercise") == "TRUE"
+    assert value_of(body, "I.B.1.d#improve") == "TRUE"
+    assert determination(body) == SUPPORTED
+
+
+def test_after_exercise_value_without_an_exercise_session_is_unused(client):
+    # §5.3: otherwise the context is UNKNOWN and the test is unused (INT-12) → no valid test (INT-10).
+    body = post(client, adult([spo2(87, before(7), context="AFTER_EXERCISE", id="sat-post")]))
+    assert value_of(body, "I.B.1.d#exercise") == "FALSE"
+    assert value_of(body, "I.B") == "UNKNOWN"
+    assert determination(body) == INSUFFICIENT
+
+
+def test_test_without_context_is_unused(client):
+    body = post(client, adult([spo2(85, T0, context=None, id="sat")]))  # INT-12
+    assert value_of(body, "I.B.1.a") == "FALSE"
+    assert value_of(body, "I.B") == "UNKNOWN"
+    assert determination(body) == INSUFFICIENT
+
+
+def test_qualifying_test_of_unknown_validity_makes_the_block_unknown(client):
+    # §5.5 step 2: a valid negative test does not make the block FALSE while a test of
+    # unknown validity (stable state not established) qualifies.
+    obs = [spo2(93, before(20), id="sat-valid"), spo2(87, T0, encounter=None, id="sat-unknown")]
+    body = post(client, adult(obs))
+    assert value_of(body, "I.B.1.a") == "UNKNOWN"
+    assert value_of(body, "I.B") == "UNKNOWN"
+    assert determination(body) == INSUFFICIENT
+
+
 # -- section V (INT-22, INT-23) -------------------------------------------------------------------
 def test_angina_as_only_indication_without_hypoxemia_is_not_medically_necessary(client):
     body = post(client, adult([spo2(93, T0, id="sat")], reason_codes=["I20.9"]))
@@ -632,6 +727,15 @@ def test_cluster_headache_only_routes_to_vi_and_needs_five_attacks(client, attac
     assert ev["determination"] == expected
     if expected == NMN:
         assert "VI.A.1" in deciding(body)
+
+
+def test_cluster_headache_only_with_a_concentrator_is_not_section_vi_equipment(client):
+    req = request(order_code="E1390", reason_codes=["G44.009"],
+                  questionnaire_answers={"VI.A.1": 6, "VI.A.2.a": True})
+    body = post(client, req)
+    assert evaluation(body)["route"] == "VI"
+    assert value_of(body, "VI#equipment") == "FALSE"
+    assert determination(body) == NMN
 
 
 def test_cluster_headache_with_an_oxygen_indication_is_not_section_vi(client):

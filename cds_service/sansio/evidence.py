@@ -78,9 +78,8 @@ class OxygenTest:
         return self.encounter_class in INPATIENT_CLASSES
 
     def same_session(self, other: "OxygenTest") -> bool:
-        if self.session and other.session:
-            return self.session == other.session
-        return self.date == other.date
+        """Contract §5.3: part of the same Procedure, or the same date."""
+        return bool(self.session and self.session == other.session) or self.date == other.date
 
     def describe(self) -> str:
         unit = "%" if self.kind == SAT else "mm Hg"
@@ -314,7 +313,14 @@ class Extractor:
             )
         # 51733-4 only when no measured SAT shares its instant (INT-24).
         measured = {t.instant for t in tests if t.kind == SAT and t.code != "51733-4"}
-        return [t for t in tests if not (t.code == "51733-4" and t.instant in measured)]
+        tests = [t for t in tests if not (t.code == "51733-4" and t.instant in measured)]
+        # After-exercise (255214003) is EXERCISE only in the same session as a during-exercise value (INT-11);
+        # otherwise its context is unknown and the test unused (INT-12).
+        during = [t for t in tests if t.context == EXERCISE]
+        for t in tests:
+            if t.context == "AFTER_EXERCISE":
+                t.context = EXERCISE if any(t.same_session(d) for d in during) else UNKNOWN
+        return tests
 
     @staticmethod
     def _oxygen_value(kind: str, q: Quantity) -> float | None:

@@ -25,7 +25,7 @@ def create_app(config: Mapping | None = None) -> Flask:
         app.config.update({k: v for k, v in config.items() if k.isupper()})
     # Fails fast, naming the file and place, when a policy document is invalid.
     app.extensions["cds_library"] = cached_library(app.config["POLICY_DIR"], app.config["EXTRA_POLICY_FILES"])
-    app.extensions["cds_traces"] = TraceBuffer()
+    app.extensions["cds_decisions"] = TraceBuffer()
     warm_models()  # import the FHIR models now, not in the first prescriber's request
     app.json.sort_keys = False
     errors.register(app)

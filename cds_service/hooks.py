@@ -51,6 +51,7 @@ def call_service(service_id: str):
         result = process(body, current_app.extensions["cds_library"], PrefetchSource(body.get("prefetch")), today, settings)
     except HookError as exc:
         log.info("refused hookInstance=%s service=%s status=%s", body.get("hookInstance"), service_id, exc.status)
+        _record(body, service_id, svc["hook"], started, exc.status, [])
         return outcome_response(exc.status, exc.diagnostics, exc.code, exc.expression)
     elapsed_ms = (time.perf_counter() - started) * 1000
     for trace in result.traces:
@@ -60,5 +61,22 @@ def call_service(service_id: str):
             trace["hookInstance"], service_id, trace["code"], trace["revision"], trace["determination"],
             ",".join(trace["deciding"]), elapsed_ms,
         )
-    current_app.extensions["cds_traces"].record(result.traces)
+    _record(body, service_id, svc["hook"], started, 200, result.traces)
     return jsonify(result.body)
+
+
+def _record(body: dict, service_id: str, hook: str, started: float, status: int, traces: list[dict]) -> None:
+    """Hand the decision to the recorder (in-memory by default); recording never fails a response."""
+    event = {
+        "hookInstance": body.get("hookInstance"),
+        "service": service_id,
+        "hook": hook,
+        "receivedAt": current_app.config["CLOCK"]().isoformat(),
+        "status": status,
+        "elapsedMs": round((time.perf_counter() - started) * 1000, 2),
+        "traces": traces,
+    }
+    try:
+        current_app.extensions["cds_decisions"].record(event)
+    except Exception:  # noqa: BLE001 - the prescriber's response must go out regardless
+        log.exception("decision recorder failed for hookInstance=%s", body.get("hookInstance"))

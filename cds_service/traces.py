@@ -15,9 +15,10 @@ class TraceBuffer:
         self._items: OrderedDict[str, list[dict]] = OrderedDict()
         self._lock = threading.Lock()
 
-    def record(self, traces: list[dict]) -> None:
+    def record(self, event: dict) -> None:
+        """Keep the per-order traces of one hook call (a decision event from ``hooks``)."""
         with self._lock:
-            for t in traces:
+            for t in event.get("traces", []):
                 key = str(t.get("hookInstance"))
                 self._items.setdefault(key, []).append(t)
                 self._items.move_to_end(key)

@@ -322,3 +322,14 @@ def test_questionnaire_search_by_canonical(client):
 def test_supported_card_has_no_questionnaire_link(client, supported):
     card = client.post("/cds-services/order-sign-crd", json=supported).get_json()["cards"][0]
     assert "links" not in card
+
+
+def test_trace_is_recorded_by_hook_instance_with_card_and_assertion(app, client, supported):
+    payload = client.post("/cds-services/order-sign-crd", json=supported).get_json()
+    (trace,) = app.extensions["cds_decisions"].get(supported["hookInstance"])
+    assert trace["revision"] == "CP.MP.190-2023" and trace["determination"] == "SUPPORTED"
+    assert trace["cardUuid"] == payload["cards"][0]["uuid"]
+    values = coverage_values(payload["systemActions"][0])
+    assert trace["coverageAssertionId"] == values["coverage-assertion-id"][0]
+    assert {n["id"] for n in trace["nodes"]} >= {"CP.MP.190-2023/I.B.1.a", "CP.MP.190-2023/I.E"}
+    assert json.dumps(trace).count(supported["prefetch"]["patient"]["name"][0]["family"]) == 0

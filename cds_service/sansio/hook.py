@@ -196,8 +196,10 @@ def process(
             questionnaire_link=f"{settings.questionnaire_endpoint}/{policy.prefix}"
             if attest and settings.questionnaire_endpoint and hook != "order-select" else None,
         )
+        trace = _trace(request, oc)
         if not (hook == "order-select" and oc.determination == NOT_APPLICABLE):
             cards.append(cards_mod.card(ci, dialect, oc.payer_id, uuid_factory))
+            trace["cardUuid"] = cards[-1]["uuid"]
         if oc.coverage_ref and config["coverage"]:
             questionnaire = None
             if attest:
@@ -208,7 +210,8 @@ def process(
                 pa_needed=oc.pa_needed, reason=oc.reason, questionnaire=questionnaire, hook=hook,
             )
             actions.append(system_action(oc.order.resource, ext, _action_description(oc)))
-        traces.append(_trace(request, oc))
+            trace["coverageAssertionId"] = ext["extension"][-1]["valueString"]
+        traces.append(trace)
     body: dict = {"cards": cards}
     if actions:
         body["systemActions"] = actions

@@ -6,7 +6,8 @@ from typing import Mapping
 
 from flask import Flask
 
-from . import errors
+from . import auth, errors
+from .auth import DEMO_CLIENTS
 from .config import DEFAULTS, utc_now
 from .library import cached_library
 from .sansio.fhir_models import warm_models
@@ -28,7 +29,10 @@ def create_app(config: Mapping | None = None) -> Flask:
     app.extensions["cds_decisions"] = TraceBuffer()
     warm_models()  # import the FHIR models now, not in the first prescriber's request
     app.json.sort_keys = False
+    if app.config["TRUSTED_CLIENTS"] is None:
+        app.config["TRUSTED_CLIENTS"] = DEMO_CLIENTS
     errors.register(app)
+    auth.init_app(app)
 
     from .hooks import bp as hooks_bp
     from .questionnaires import bp as questionnaire_bp

@@ -31,6 +31,15 @@ DEFAULTS = {
     # Production server (cds-service serve): worker processes (None: 2 per core) and threads per worker.
     "WORKERS": None,
     "THREADS": 4,
+    # Client authentication (CDS Hooks JWT). On by default; CDS_AUTH_REQUIRED=0 for local development.
+    "AUTH_REQUIRED": True,
+    # Discovery (GET /cds-services) may be called without a token.
+    "AUTH_DISCOVERY_OPEN": True,
+    # Clock skew allowed on exp/nbf/iat (seconds).
+    "AUTH_LEEWAY_SECONDS": 60,
+    # Trusted clients: iss, keys (jwks inline or file in cds_service/trust, jwks_url, jku_allowlist),
+    # algorithms (ES384, RS384; allow_rs256 per client), tenant, fhir_servers. Demo: sandbox and Inferno.
+    "TRUSTED_CLIENTS": None,
     # Public base URL of this service (source links, questionnaire endpoints); None = from the request.
     "PUBLIC_BASE_URL": None,
 }

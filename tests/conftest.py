@@ -2,12 +2,17 @@
 from __future__ import annotations
 
 import json
+import os
 from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
 from cds_service import create_app
+
+# Tests exercise the service without client tokens unless a test turns authentication on
+# (tests/test_auth.py does, with real signed tokens).
+os.environ.setdefault("CDS_AUTH_REQUIRED", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

@@ -6,7 +6,7 @@ from typing import Mapping
 
 from flask import Flask
 
-from . import auth, errors
+from . import auth, errors, hardening
 from .auth import DEMO_CLIENTS
 from .config import DEFAULTS, utc_now
 from .library import cached_library
@@ -32,7 +32,8 @@ def create_app(config: Mapping | None = None) -> Flask:
     if app.config["TRUSTED_CLIENTS"] is None:
         app.config["TRUSTED_CLIENTS"] = DEMO_CLIENTS
     errors.register(app)
-    auth.init_app(app)
+    auth.init_app(app)  # first: nothing of an unauthenticated request is read
+    hardening.init_app(app)
 
     from .hooks import bp as hooks_bp
     from .questionnaires import bp as questionnaire_bp

@@ -20,7 +20,9 @@ def _app(args):
 
 
 def serve(args) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logs import configure
+
+    configure(logging.INFO)
     app = _app(args)
     if args.dev:
         app.run(host=args.host, port=args.port, debug=False, use_reloader=False, threaded=True)

@@ -26,6 +26,10 @@ DEFAULTS = {
     "CRD_VERSIONS": ["2.0", "2.2"],
     # Procedure codes governed by a procedure-specific policy instead of MC.CP.MP.31 (contract §3.3).
     "PROCEDURE_SPECIFIC_CODES": [],
+    # Origins allowed to call from a browser (CORS): "*" or a list of origins.
+    "CORS_ORIGINS": "*",
+    # Deepest JSON nesting accepted in a request body.
+    "MAX_JSON_DEPTH": 64,
     # Largest request body accepted (bytes).
     "MAX_CONTENT_LENGTH": 5 * 1024 * 1024,
     # Production server (cds-service serve): worker processes (None: 2 per core) and threads per worker.

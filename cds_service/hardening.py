@@ -1,0 +1,46 @@
+"""Request hardening at the edge: CORS for browser EHRs, JSON only, bounded size and nesting.
+
+Body size is Flask's MAX_CONTENT_LENGTH (→ 413). Nesting is checked before parsing so a
+pathological body can never exhaust the parser's recursion (→ 400, not 500).
+"""
+from __future__ import annotations
+
+import re
+from itertools import accumulate
+
+from flask import Flask, request
+from flask_cors import CORS
+
+from .errors import outcome_response
+
+_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.S)
+_BRACKET = re.compile(rb"[\[\]{}]")
+
+
+def json_depth(raw: bytes) -> int:
+    """Maximum nesting depth of a JSON text (strings skipped; malformed text is the parser's job)."""
+    steps = (1 if b in b"[{" else -1 for b in _BRACKET.findall(_STRING.sub(b'""', raw)))
+    return max(accumulate(steps, initial=0))
+
+
+def init_app(app: Flask) -> None:
+    CORS(
+        app,
+        resources={r"/cds-services*": {"origins": app.config["CORS_ORIGINS"]},
+                   r"/fhir/*": {"origins": app.config["CORS_ORIGINS"]}},
+        allow_headers=["Authorization", "Content-Type"],
+        methods=["GET", "POST", "OPTIONS"],
+        max_age=600,
+    )
+
+    @app.before_request
+    def guard_body():
+        if request.method != "POST" or not request.path.startswith("/cds-services"):
+            return None
+        if not request.is_json:
+            return outcome_response(415, "send the request as application/json", "not-supported")
+        raw = request.get_data(cache=True)
+        limit = app.config["MAX_JSON_DEPTH"]
+        if raw and json_depth(raw) > limit:
+            return outcome_response(400, f"JSON nesting deeper than {limit} levels", "too-costly")
+        return None

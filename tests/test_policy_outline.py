@@ -34,6 +34,10 @@ OUTLINES = {
         V V.A-D
         VI VI.A VI.A.1 VI.A.2 VI.A.2.a-f
     """,
+    "CP.MP.173-2024": """
+        I I.A I.A.1 I.A.1.a-c I.A.2 I.A.2.a-i I.B I.B.1-5
+        II II.A II.A.1 II.A.1.a-d II.A.2 II.A.2.a-i II.B II.B.1-5
+    """,
 }
 
 

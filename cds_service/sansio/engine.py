@@ -221,7 +221,9 @@ def _route(ctx: Context) -> tuple[str | None, list[str], Result]:
 def _advisories(ctx: Context, root: Result | None) -> None:
     values = {r.id: r.value for r in root.walk()} if root else {}
     for adv in ctx.policy.advisories:
-        when = adv.get("when") or {}
+        when = adv.get("when")
+        if not when:
+            continue  # raised by a predicate; the entry only carries its text
         ok = True
         if "order_codes" in when:
             ok &= ctx.case.code in when["order_codes"]
@@ -251,9 +253,11 @@ def evaluate(policy, case) -> Evaluation:
     appl = [r for r in (evaluate_tree(ctx, n) for n in policy.applicability) if r is not None]
     if appl:
         value = COMBINATORS["all"](r.value for r in appl)
-        if value == Tri.FALSE:
-            root = Result(policy.prefix, Tri.FALSE, policy.title, "all", children=appl)
-            return Evaluation(NOT_APPLICABLE, root, [r for r in appl if r.value == Tri.FALSE], sorted(ctx.advisories))
+        if value != Tri.TRUE:
+            # FALSE: not governed (NOT_APPLICABLE); UNKNOWN: documentation naming the applicability item (§13.5).
+            root = Result(policy.prefix, value, policy.title, "all", children=appl)
+            determination = NOT_APPLICABLE if value == Tri.FALSE else INSUFFICIENT_DOCUMENTATION
+            return Evaluation(determination, root, _in_outline_order(policy, deciding(root)), sorted(ctx.advisories))
     to, with_, route_result = _route(ctx)
     ctx.shared["route"] = to
     children = list(appl) + [route_result]
@@ -265,4 +269,10 @@ def evaluate(policy, case) -> Evaluation:
     root = Result(policy.prefix, COMBINATORS["all"](c.value for c in children), policy.title, "all", children=children)
     _advisories(ctx, root)
     decisive = [r for r in deciding(root) if not (r is route_result and r.value == Tri.TRUE)]
-    return Evaluation(determination_of(root.value), root, decisive, sorted(ctx.advisories), route=to)
+    return Evaluation(determination_of(root.value), root, _in_outline_order(policy, decisive), sorted(ctx.advisories), route=to)
+
+
+def _in_outline_order(policy, results: list[Result]) -> list[Result]:
+    """Deciding criteria in the policy's outline order (contract §10.4), /ROUTE first."""
+    order = {node_id: i for i, node_id in enumerate(policy.outline())}
+    return sorted(results, key=lambda r: order.get(r.id, -1))

@@ -91,6 +91,10 @@ class Policy:
     def data_keys(self) -> list[str]:
         return list(self.settings.get("data") or [])
 
+    def outline(self) -> list[str]:
+        """Criterion IDs in document order (applicability, then sections as written)."""
+        return list(self._index)
+
     def all_nodes(self) -> Iterable[Node]:
         return self._index.values()
 

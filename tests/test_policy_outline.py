@@ -34,6 +34,17 @@ OUTLINES = {
         V V.A-D
         VI VI.A VI.A.1 VI.A.2 VI.A.2.a-f
     """,
+    "CP.MP.190-2022": """
+        I I.A I.B I.B.1 I.B.1.a-d I.B.2 I.B.2.a I.B.2.b I.B.2.b.i-iii I.C I.D I.D.1 I.D.2 I.E I.F I.F.1 I.F.2
+        II II.A II.A.1-8 II.B II.B.1-3 II.C
+        III III.A III.A.1-3 III.A.3.a-b III.B III.B.1 III.B.2
+        IV IV.A IV.B IV.B.1 IV.B.1.a-b IV.B.2 IV.C
+        V V.A-D
+        VI VI.A VI.B VI.C VI.D VI.D.1-6
+    """,
+    "MC.CP.MP.31-2025": """
+        I I.A I.A.1-3 II
+    """,
     "CP.MP.173-2024": """
         I I.A I.A.1 I.A.1.a-c I.A.2 I.A.2.a-i I.B I.B.1-5
         II II.A II.A.1 II.A.1.a-d II.A.2 II.A.2.a-i II.B II.B.1-5

@@ -170,9 +170,10 @@ def _cross_check(policy: Policy, doc: Mapping, valuesets: ValueSets, payers: Map
         if vs not in valuesets:
             fail("episode_members", f"unknown value set {vs!r}")
     for adv in policy.advisories:
-        vs = (adv.get("when") or {}).get("diagnosis")
-        if vs and vs not in valuesets:
-            fail(f"advisories/{adv['code']}", f"unknown value set {vs!r}")
+        for key in ("diagnosis", "not_diagnosis"):
+            vs = (adv.get("when") or {}).get(key)
+            if vs and vs not in valuesets:
+                fail(f"advisories/{adv['code']}", f"unknown value set {vs!r}")
     for node in policy.all_nodes():
         where = node.id
         if node.predicate:

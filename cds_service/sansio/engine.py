@@ -229,6 +229,10 @@ def _advisories(ctx: Context, root: Result | None) -> None:
             ok &= ctx.case.code in when["order_codes"]
         if "diagnosis" in when:
             ok &= ctx.case.has_diagnosis(when["diagnosis"])
+        if "not_diagnosis" in when:
+            ok &= not ctx.case.has_diagnosis(when["not_diagnosis"])
+        if "determination" in when and root is not None:
+            ok &= determination_of(root.value) in when["determination"]
         if "route" in when:
             ok &= ctx.shared.get("route") in when["route"]
         if when.get("continuous_order"):

@@ -35,6 +35,22 @@ DEFAULTS = {
     # Production server (cds-service serve): worker processes (None: 2 per core) and threads per worker.
     "WORKERS": None,
     "THREADS": 4,
+    # Decision records (hook calls, per-order decisions, card feedback). None: SQLite file
+    # decisions.sqlite3 in the instance folder (in memory for TESTING apps); the DATABASE_URL
+    # environment variable is read too. PostgreSQL: postgresql://user:password@host:5432/dbname
+    "DATABASE_URL": None,
+    # Instance folder (SQLite file, shutdown spool); None: Flask's instance folder (./instance).
+    "INSTANCE_DIR": None,
+    # Records waiting to be stored, per process; when full, the oldest is dropped and counted.
+    "DECISION_QUEUE_SIZE": 10000,
+    # Records written per transaction.
+    "DECISION_BATCH_SIZE": 200,
+    # Longest wait between retries while the store is down (seconds).
+    "DECISION_RETRY_MAX_SECONDS": 5.0,
+    # How long shutdown waits for the queue to drain before spooling the rest (seconds).
+    "DECISION_FLUSH_TIMEOUT_SECONDS": 10.0,
+    # Where records that could not be stored at shutdown are spooled; None: <instance>/decision-spool.
+    "DECISION_SPOOL_DIR": None,
     # Client authentication (CDS Hooks JWT). On by default; CDS_AUTH_REQUIRED=0 for local development.
     "AUTH_REQUIRED": True,
     # Discovery (GET /cds-services) may be called without a token.
@@ -44,6 +60,35 @@ DEFAULTS = {
     # Trusted clients: iss, keys (jwks inline or file in cds_service/trust, jwks_url, jku_allowlist),
     # algorithms (ES384, RS384; allow_rs256 per client), tenant, fhir_servers. Demo: sandbox and Inferno.
     "TRUSTED_CLIENTS": None,
+    # -- The service's own FHIR queries (contract §4.2) ------------------------------------------
+    # FHIR servers the service may query: base URLs, or {"url": ..., "token_required": true}. Empty by
+    # default: a request that lacks prefetch keys and names any fhirServer gets 400, and nothing is
+    # sent. A trusted client's own fhir_servers (TRUSTED_CLIENTS) are allowed for that client too.
+    # Development with a local test EHR: CDS_FHIR_ALLOWLIST='["http://127.0.0.1:8090/fhir"]'.
+    "FHIR_ALLOWLIST": [],
+    # Allowlisted servers that must not be queried without fhirAuthorization.access_token (→ 412).
+    "FHIR_TOKEN_REQUIRED": False,
+    # Whole-request deadline (seconds): past it the service answers with what it has.
+    "FHIR_DEADLINE_SECONDS": 3.0,
+    # Part of the deadline kept for evaluating and answering after the data gathering stops.
+    "FHIR_EVALUATION_RESERVE_SECONDS": 0.15,
+    # Per HTTP request: read timeout and connect timeout (each also capped by the deadline).
+    "FHIR_REQUEST_TIMEOUT": 2.5,
+    "FHIR_CONNECT_TIMEOUT": 1.0,
+    # Bundle `next` pages followed per query (contract §4.2: at most 10); a query that hits it is traced.
+    "FHIR_PAGE_CAP": 10,
+    # Reference reads per request (Coverage.payor, Observation.performer, ...).
+    "FHIR_MAX_READS": 100,
+    # Retries on 429/503 (Retry-After honoured, else exponential backoff from this many seconds).
+    "FHIR_RETRIES": 2,
+    "FHIR_RETRY_BACKOFF": 0.1,
+    # Concurrent FHIR requests per process, and pooled connections per FHIR host.
+    "FHIR_MAX_WORKERS": 16,
+    "FHIR_POOL_SIZE": 16,
+    # Largest FHIR response accepted (bytes).
+    "FHIR_MAX_RESPONSE_BYTES": 20 * 1024 * 1024,
+    # TLS: certificates are always verified; a CA bundle path for a private CA (None: the system's).
+    "FHIR_CA_BUNDLE": None,
     # Public base URL of this service (source links, questionnaire endpoints); None = from the request.
     "PUBLIC_BASE_URL": None,
 }

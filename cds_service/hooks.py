@@ -5,11 +5,13 @@ import json
 import logging
 import time
 
-from flask import Blueprint, current_app, jsonify, request
+from flask import Blueprint, current_app, g, jsonify, request
 
 from .errors import outcome_response
+from .fhir_client import client_for
+from .gather import GatherConfig, allowlist_for, gather
 from .sansio.dates import today_in
-from .sansio.hook import HookError, PrefetchSource, Settings, process
+from .sansio.hook import HookError, Settings, process
 from .services import SERVICES, discovery
 from .validation import request_problem
 
@@ -47,8 +49,10 @@ def call_service(service_id: str):
         procedure_specific_codes=tuple(cfg["PROCEDURE_SPECIFIC_CODES"]),
         questionnaire_endpoint=(cfg["PUBLIC_BASE_URL"] or request.host_url).rstrip("/") + "/fhir/Questionnaire",
     )
+    library = current_app.extensions["cds_library"]
     try:
-        result = process(body, current_app.extensions["cds_library"], PrefetchSource(body.get("prefetch")), today, settings)
+        source = _data_source(body, library, today, started)
+        result = process(body, library, source, today, settings)
     except HookError as exc:
         log.info("refused hookInstance=%s service=%s status=%s", body.get("hookInstance"), service_id, exc.status)
         _record(body, service_id, svc["hook"], started, exc.status, [])
@@ -63,6 +67,22 @@ def call_service(service_id: str):
         )
     _record(body, service_id, svc["hook"], started, 200, result.traces)
     return jsonify(result.body)
+
+
+def _data_source(body: dict, library, today, started: float):
+    """Prefetch, plus what the service queries itself before the request's deadline (contract §4)."""
+    cfg = current_app.config
+    deadline = float(cfg["FHIR_DEADLINE_SECONDS"])
+    reserve = min(float(cfg["FHIR_EVALUATION_RESERVE_SECONDS"]), deadline / 4)
+    # started is time.perf_counter(); the gathering runs on time.monotonic()
+    spent = time.perf_counter() - started
+    config = GatherConfig(
+        allowlist=allowlist_for(cfg, g.get("cds_client")),
+        deadline=time.monotonic() - spent + deadline - reserve,
+        code_base=cfg["CODE_SYSTEM_BASE"],
+        max_reads=int(cfg["FHIR_MAX_READS"]),
+    )
+    return gather(body, library, today, lambda: client_for(current_app.extensions, cfg), config)
 
 
 def _record(body: dict, service_id: str, hook: str, started: float, status: int, traces: list[dict]) -> None:

@@ -43,3 +43,7 @@ def example_index():
         for folder in sorted(p for p in EXAMPLES.iterdir() if (p / "index.json").exists())
         for e in load_json(folder / "index.json")
     ]
+
+
+# Real FHIR servers for the data-gathering tests (sekmet-fhir, and a fault-injecting server).
+from fhir_server import fault_server, fhir_server  # noqa: E402,F401

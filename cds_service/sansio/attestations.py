@@ -38,11 +38,11 @@ class Answer:
 
 def _walk(items: object) -> Iterable[Mapping]:
     for item in items if isinstance(items, list) else []:
-        if isinstance(item, Mapping):
+        if isinstance(item, dict):
             yield item
             yield from _walk(item.get("item"))
             for ans in item.get("answer") or [] if isinstance(item.get("answer"), list) else []:
-                if isinstance(ans, Mapping):
+                if isinstance(ans, dict):
                     yield from _walk(ans.get("item"))
 
 
@@ -80,7 +80,7 @@ class Attestations:
                 answers = item.get("answer")
                 if not isinstance(link, str) or not link.startswith(prefix + "/") or not isinstance(answers, list) or not answers:
                     continue
-                if not isinstance(answers[0], Mapping):
+                if not isinstance(answers[0], dict):
                     continue
                 key = authored or (date.min, "")
                 self._items.setdefault(link, []).append((key, answers[0], source, authored[0] if authored else None))

@@ -109,7 +109,7 @@ class Case:
         return [d for d in self.present_diagnoses if d.system == ICD10CM]
 
     def order_parameters(self) -> list[Mapping]:
-        return [p for p in self.order.get("parameter") or [] if isinstance(p, Mapping)]
+        return [p for p in self.order.get("parameter") or [] if isinstance(p, dict)]
 
     @cached_property
     def prior_requests(self) -> list[tuple[str, dict | None]]:

@@ -58,23 +58,28 @@ def canonical_system(system: str) -> str:
 
 
 def codings(concept: object) -> list[tuple[str, str]]:
-    """(system, code) pairs of a CodeableConcept or Coding, skipping malformed ones."""
-    if not isinstance(concept, Mapping):
+    """(system, code) pairs of a CodeableConcept or Coding, skipping malformed ones.
+
+    Parsed JSON is dicts and lists; plain ``isinstance(x, dict)`` keeps this hot path fast.
+    """
+    if not isinstance(concept, dict):
         return []
     items = concept.get("coding") if "coding" in concept else [concept]
     out = []
-    for c in items if isinstance(items, list) else []:
-        if isinstance(c, Mapping) and isinstance(c.get("system"), str) and isinstance(c.get("code"), str):
-            out.append((canonical_system(c["system"]), c["code"]))
+    for c in items if isinstance(items, list) else ():
+        if isinstance(c, dict):
+            system, code = c.get("system"), c.get("code")
+            if isinstance(system, str) and isinstance(code, str):
+                out.append((canonical_system(system), code))
     return out
 
 
 def concept_texts(concept: object) -> list[str]:
-    if not isinstance(concept, Mapping):
+    if not isinstance(concept, dict):
         return []
     texts = [concept.get("text")]
     for c in concept.get("coding") or [] if isinstance(concept.get("coding"), list) else []:
-        if isinstance(c, Mapping):
+        if isinstance(c, dict):
             texts.append(c.get("display"))
     return [t.lower() for t in texts if isinstance(t, str)]
 
@@ -127,6 +132,7 @@ class ValueSets:
 
     def __init__(self, sets: Mapping[str, ValueSet]):
         self._sets = dict(sets)
+        self._memo: dict[tuple[str, str, str], bool] = {}  # value sets are immutable once loaded
 
     def __contains__(self, vs_id: str) -> bool:
         return vs_id in self._sets
@@ -137,7 +143,14 @@ class ValueSets:
     def get(self, vs_id: str) -> ValueSet:
         return self._sets[vs_id]
 
-    def contains(self, vs_id: str, system: str, code: str, _seen: frozenset = frozenset()) -> bool:
+    def contains(self, vs_id: str, system: str, code: str) -> bool:
+        key = (vs_id, system, code)
+        hit = self._memo.get(key)
+        if hit is None:
+            hit = self._memo[key] = self._contains(vs_id, system, code, frozenset())
+        return hit
+
+    def _contains(self, vs_id: str, system: str, code: str, _seen: frozenset) -> bool:
         vs = self._sets[vs_id]
         system = canonical_system(system)
         norm = normalize(system, code)
@@ -146,7 +159,7 @@ class ValueSets:
         ):
             return True
         return any(
-            self.contains(inner, system, code, _seen | {vs_id}) for inner in vs.includes if inner not in _seen
+            self._contains(inner, system, code, _seen | {vs_id}) for inner in vs.includes if inner not in _seen
         )
 
     def matches_concept(self, vs_id: str, concept: object) -> bool:

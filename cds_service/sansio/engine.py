@@ -245,7 +245,7 @@ def _advisories(ctx: Context, root: Result | None) -> None:
 def _continuous(case) -> bool:
     """Continuous oxygen: a parameter of 24 h/d (UCUM h/d) on the order."""
     for p in case.order_parameters():
-        q = p.get("valueQuantity") if isinstance(p.get("valueQuantity"), Mapping) else None
+        q = p.get("valueQuantity") if isinstance(p.get("valueQuantity"), dict) else None
         if q and (q.get("code") or q.get("unit")) == "h/d" and isinstance(q.get("value"), (int, float)) and q["value"] >= 24:
             return True
     return False

@@ -119,7 +119,7 @@ def _coding_codes(concept: object, system: str | None = None) -> set[str]:
 
 
 def _quantity(q: object) -> Quantity | None:
-    if not isinstance(q, Mapping):
+    if not isinstance(q, dict):
         return None
     value = q.get("value")
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -134,7 +134,7 @@ def observation_date(obs: Mapping) -> tuple[date | None, tuple | None]:
     """effectiveDateTime, else effectivePeriod.start, else issued (contract §5.2)."""
     for value in (
         obs.get("effectiveDateTime"),
-        (obs.get("effectivePeriod") or {}).get("start") if isinstance(obs.get("effectivePeriod"), Mapping) else None,
+        (obs.get("effectivePeriod") or {}).get("start") if isinstance(obs.get("effectivePeriod"), dict) else None,
         obs.get("effectiveInstant"),
         obs.get("issued"),
     ):
@@ -151,14 +151,14 @@ def _usable_observation(obs: Mapping) -> bool:
 def _ext_codes(resource: Mapping, url: str) -> set[str]:
     out = set()
     for ext in resource.get("extension") or []:
-        if isinstance(ext, Mapping) and ext.get("url") == url:
+        if isinstance(ext, dict) and ext.get("url") == url:
             out |= _coding_codes(ext.get("valueCodeableConcept"))
     return out
 
 
 def _component(obs: Mapping, system: str | None, code: str) -> Quantity | None:
     for comp in obs.get("component") or []:
-        if isinstance(comp, Mapping) and any(
+        if isinstance(comp, dict) and any(
             c == code and (system is None or s == system) for s, c in codings(comp.get("code"))
         ):
             return _quantity(comp.get("valueQuantity"))
@@ -177,7 +177,7 @@ class Extractor:
 
     # -- observations -----------------------------------------------------
     def _observations(self) -> list[dict]:
-        return [o for o in self.records.of_type("Observation") if _usable_observation(o)]
+        return self._cached("observations", lambda: [o for o in self.records.of_type("Observation") if _usable_observation(o)])
 
     def _in_scope(self, d: date | None) -> bool:
         return d is not None and self.scope_start <= d <= self.t0
@@ -260,9 +260,9 @@ class Extractor:
             return None, None, None
         klass = enc.get("class")
         code = None
-        if isinstance(klass, Mapping):
+        if isinstance(klass, dict):
             code = klass.get("code") if klass.get("system") in (V3_ACTCODE, None) else None
-        end = parse_date((enc.get("period") or {}).get("end")) if isinstance(enc.get("period"), Mapping) else None
+        end = parse_date((enc.get("period") or {}).get("end")) if isinstance(enc.get("period"), dict) else None
         return enc, code if isinstance(code, str) else None, end
 
     def oxygen_tests(self) -> list[OxygenTest]:
@@ -295,7 +295,7 @@ class Extractor:
             pclass, taxonomy = self.performer(obs, enc)
             components = {}
             for comp in obs.get("component") or []:
-                if not isinstance(comp, Mapping):
+                if not isinstance(comp, dict):
                     continue
                 for s, c in codings(comp.get("code")):
                     if s == f"{self.base}/CodeSystem/{OXIMETRY_SUMMARY}":
@@ -351,13 +351,20 @@ class Extractor:
         return out
 
     def hematocrits(self) -> list[LabValue]:
-        return self.labs(HCT_CODES, {"%": 1.0, "1": 100.0, "L/L": 100.0})
+        return self._cached("hct", lambda: self.labs(HCT_CODES, {"%": 1.0, "1": 100.0, "L/L": 100.0}))
 
     def p_waves(self) -> list[LabValue]:
-        return self.labs(P_WAVE_CODES, {"mm": 1.0}, system=f"{self.base}/CodeSystem/ecg-measure")
+        return self._cached("pwave", lambda: self.labs(P_WAVE_CODES, {"mm": 1.0},
+                                                       system=f"{self.base}/CodeSystem/ecg-measure"))
 
     def rvsp(self) -> list[LabValue]:
-        return self.labs(RVSP_CODES, {"mm[Hg]": 1.0})
+        return self._cached("rvsp", lambda: self.labs(RVSP_CODES, {"mm[Hg]": 1.0}))
+
+    def _cached(self, key: str, compute):
+        cache = self.__dict__.setdefault("_cache", {})
+        if key not in cache:
+            cache[key] = compute()
+        return cache[key]
 
     # -- conditions -------------------------------------------------------
     def conditions(self) -> list[ConditionFact]:
@@ -369,7 +376,7 @@ class Extractor:
     @staticmethod
     def _condition_fact(cond: Mapping, from_order: bool = False) -> ConditionFact:
         cs = cond.get("clinicalStatus")
-        status_codes = [c for _, c in codings(cs)] if isinstance(cs, Mapping) else []
+        status_codes = [c for _, c in codings(cs)] if isinstance(cs, dict) else []
         return ConditionFact(
             ref=ref_of(cond),
             codes=codings(cond.get("code")),
@@ -400,4 +407,4 @@ def _has_abatement_without_date(cond: Mapping) -> bool:
 
 
 def _period_start(period: object) -> object:
-    return period.get("start") if isinstance(period, Mapping) else None
+    return period.get("start") if isinstance(period, dict) else None

@@ -1,9 +1,9 @@
 """One CDS Hooks call, end to end, without I/O: request in, response and traces out.
 
 The data the evaluation reads comes through a :class:`DataSource` passed in by the
-edge: the prefetch alone today (:class:`PrefetchSource`), the EHR's FHIR server
-later.  A source answers a prefetch key with resources, or ``None`` when the data
-could not be obtained.
+edge: the prefetch alone (:class:`PrefetchSource`), or the prefetch plus what the
+service queried from the EHR's FHIR server itself (``cds_service.gather``).  A source
+answers a prefetch key with resources, or ``None`` when the data could not be obtained.
 """
 from __future__ import annotations
 
@@ -53,6 +53,14 @@ class HookError(Exception):
 
 
 class DataSource(Protocol):
+    """Prefetch-key data for the evaluation.
+
+    A source may also have (the edge's :class:`~cds_service.gather.GatheredSource` does):
+    ``can_query`` (False: a missing key could not be queried → 412), ``unavailable`` (why not),
+    ``failure(key)`` (why a key's data could not be retrieved), ``referenced()`` (resources read
+    to resolve references) and ``trace`` (query counts, errors and cap hits for the decision trace).
+    """
+
     def resources(self, key: str) -> list[dict] | None: ...
 
     def state(self, key: str) -> str: ...
@@ -62,7 +70,7 @@ class PrefetchSource:
     """The request's prefetch as a data source (contract §4.1 key semantics)."""
 
     def __init__(self, prefetch: Mapping | None):
-        self.prefetch = prefetch if isinstance(prefetch, Mapping) else {}
+        self.prefetch = prefetch if isinstance(prefetch, dict) else {}
 
     def state(self, key: str) -> str:
         if key not in self.prefetch:
@@ -110,19 +118,19 @@ class HookResult:
 
 
 def dialect_of(request: Mapping) -> str:
-    ext = request.get("extension") if isinstance(request.get("extension"), Mapping) else {}
+    ext = request.get("extension") if isinstance(request.get("extension"), dict) else {}
     requested = str(ext.get("davinci-crd.requestedVersion", "")).strip()
     return DIALECT_2_2 if requested == "2.2" or requested.startswith("2.2.") else DIALECT_2_0_1
 
 
 def configuration_of(request: Mapping) -> dict:
     """Options the client sent in ``davinci-crd.configuration``, over our defaults."""
-    ext = request.get("extension") if isinstance(request.get("extension"), Mapping) else {}
+    ext = request.get("extension") if isinstance(request.get("extension"), dict) else {}
     sent = ext.get("davinci-crd.configuration")
     config = {o["code"]: o["default"] for o in CONFIGURATION_OPTIONS}
     if sent is None:
         return config
-    if not isinstance(sent, Mapping):
+    if not isinstance(sent, dict):
         raise HookError(400, "invalid", "extension.davinci-crd.configuration must be an object",
                         "extension.davinci-crd.configuration")
     for opt in CONFIGURATION_OPTIONS:
@@ -156,18 +164,22 @@ def process(
     all_orders = draft_orders(context.get("draftOrders"), today)
     orders = _selected(all_orders, context.get("selections") or []) if hook == "order-select" else all_orders
     has_server = bool(request.get("fhirServer"))
+    can_query = getattr(source, "can_query", has_server)
 
     sources: list[dict] = []
     for key in PREFETCH_TYPES:
         sources += source.resources(key) or []
+    sources += list(getattr(source, "referenced", lambda: [])())
     records = Records.build(context["patientId"], [o.resource for o in all_orders], sources)
 
     def require(keys: list[str]) -> list[str]:
         missing = [k for k in keys if source.state(k) == KeyState.MISSING and source.resources(k) is None]
-        if missing and not has_server:
+        if missing and not can_query:
+            why = "no fhirServer to query" if not has_server else (
+                f"fhirServer cannot be queried ({getattr(source, 'unavailable', None) or 'queries unavailable'})")
             raise HookError(
                 412, "not-found",
-                f"prefetch {', '.join(missing)} missing and no fhirServer to query: send the prefetch keys "
+                f"prefetch {', '.join(missing)} missing and {why}: send the prefetch keys "
                 f"the service declares, or fhirServer with fhirAuthorization",
                 f"prefetch.{missing[0]}",
             )
@@ -197,6 +209,8 @@ def process(
             if attest and settings.questionnaire_endpoint and hook != "order-select" else None,
         )
         trace = _trace(request, oc)
+        if getattr(source, "trace", None):
+            trace["fhir"] = dict(source.trace)  # queries, reads, errors and page-cap hits (no URLs, no data)
         if not (hook == "order-select" and oc.determination == NOT_APPLICABLE):
             cards.append(cards_mod.card(ci, dialect, oc.payer_id, uuid_factory))
             trace["cardUuid"] = cards[-1]["uuid"]
@@ -230,7 +244,7 @@ def episode_member_of(policy, order: DraftOrder, valuesets) -> bool:
     res = order.resource
     from .codes import codings
 
-    routes = {c for d in res.get("dosageInstruction") or [] if isinstance(d, Mapping) for _, c in codings(d.get("route"))}
+    routes = {c for d in res.get("dosageInstruction") or [] if isinstance(d, dict) for _, c in codings(d.get("route"))}
     if routes & set(members.get("medication_routes", [])):
         return True
     concept = res.get("medicationCodeableConcept")
@@ -287,7 +301,7 @@ def _evaluate_order(order, request, library, records, source, require, today, se
     if not any(referenced):
         missing = require(["coverage"])
         if missing:
-            return OrderOutcome(order, TECHNICAL, reason="Coverage data could not be retrieved (prefetch `coverage` missing; FHIR queries are not enabled)")
+            return OrderOutcome(order, TECHNICAL, reason=f"Coverage data could not be retrieved: {_unretrieved(source, missing)}")
     try:
         route = route_order(order.resource, records, registry, settings.payer_id_system)
     except RoutingError as exc:
@@ -305,8 +319,7 @@ def _evaluate_order(order, request, library, records, source, require, today, se
     missing = require(policy.data_keys)
     if missing:
         oc.determination = TECHNICAL
-        oc.reason = (f"Patient data could not be retrieved (prefetch {', '.join(missing)} missing; "
-                     "FHIR queries are not enabled)")
+        oc.reason = f"Patient data could not be retrieved: {_unretrieved(source, missing)}"
         return oc
     case = Case(
         order=order.resource, code=order.code, role=policy.role_of(order.code), t0=order.t0, today=today,
@@ -325,13 +338,24 @@ def _evaluate_order(order, request, library, records, source, require, today, se
     return oc
 
 
+def _unretrieved(source, keys: list[str]) -> str:
+    """Each key whose data could not be retrieved, and why (contract §10.3: the card names the data)."""
+    failure = getattr(source, "failure", None)
+    return "; ".join(f"{k} ({(failure(k) if failure else None) or 'prefetch missing; not queried'})" for k in keys)
+
+
 def _reason(oc: OrderOutcome) -> str | None:
     ev, policy = oc.evaluation, oc.policy
     if oc.determination == SUPPORTED:
         return None
-    ids = ", ".join(r.id for r in ev.deciding if not r.children) or ", ".join(r.id for r in ev.deciding)
+    leaves = [r for r in ev.deciding if not r.children] or list(ev.deciding)
+    ids = ", ".join(r.id for r in leaves)
     if oc.determination == NOT_MEDICALLY_NECESSARY:
-        return f"Not medically necessary under {policy.display}: {ids} not met"
+        # Under a FALSE root a TRUE deciding node is an exclusion that applies (contract §10.1).
+        unmet = [r.id for r in leaves if r.value == Tri.FALSE]
+        applies = [r.id for r in leaves if r.value == Tri.TRUE]
+        parts = ([f"{', '.join(unmet)} not met"] if unmet else []) + ([f"{', '.join(applies)} applies"] if applies else [])
+        return f"Not medically necessary under {policy.display}: {'; '.join(parts)}"
     if oc.determination == INSUFFICIENT_DOCUMENTATION:
         return f"Documentation needed under {policy.display}: {ids}"
     return f"Not governed under {policy.display}: {ids}"

@@ -40,16 +40,16 @@ class KeyState:
 def key_state(value: object, expected_type: str) -> str:
     if value is None:
         return KeyState.EMPTY
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         return KeyState.MISSING
     rtype = value.get("resourceType")
     if rtype == "OperationOutcome":
         return KeyState.MISSING
     if rtype == "Bundle":
-        resources = [e.get("resource") for e in value.get("entry") or [] if isinstance(e, Mapping)]
-        if any(isinstance(r, Mapping) and r.get("resourceType") == "OperationOutcome" for r in resources):
+        resources = [e.get("resource") for e in value.get("entry") or [] if isinstance(e, dict)]
+        if any(isinstance(r, dict) and r.get("resourceType") == "OperationOutcome" for r in resources):
             return KeyState.MISSING
-        if not any(isinstance(r, Mapping) and r.get("resourceType") == expected_type for r in resources):
+        if not any(isinstance(r, dict) and r.get("resourceType") == expected_type for r in resources):
             return KeyState.EMPTY
         return KeyState.PRESENT
     if rtype == expected_type:
@@ -59,13 +59,13 @@ def key_state(value: object, expected_type: str) -> str:
 
 def bundle_resources(value: object) -> list[dict]:
     """Resources of a Bundle (or the resource itself), with their fullUrl when given."""
-    if not isinstance(value, Mapping):
+    if not isinstance(value, dict):
         return []
     if value.get("resourceType") != "Bundle":
         return [dict(value)] if isinstance(value.get("resourceType"), str) else []
     out = []
     for entry in value.get("entry") or []:
-        if isinstance(entry, Mapping) and isinstance(entry.get("resource"), Mapping):
+        if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
             res = entry["resource"]
             if isinstance(res.get("resourceType"), str):
                 out.append((res, entry.get("fullUrl")))
@@ -84,7 +84,7 @@ def ref_of(resource: Mapping) -> str:
 
 
 def reference_str(ref: object) -> str | None:
-    if isinstance(ref, Mapping):
+    if isinstance(ref, dict):
         ref = ref.get("reference")
     return ref if isinstance(ref, str) and ref else None
 
@@ -126,7 +126,7 @@ class Records:
         if resource.get("status") == "entered-in-error":
             return False
         vs = resource.get("verificationStatus")
-        if isinstance(vs, Mapping) and any(c.get("code") == "entered-in-error" for c in vs.get("coding") or [] if isinstance(c, Mapping)):
+        if isinstance(vs, dict) and any(c.get("code") == "entered-in-error" for c in vs.get("coding") or [] if isinstance(c, dict)):
             return False
         if resource.get("resourceType") == "Patient":
             return resource.get("id") == self.patient_id
@@ -151,7 +151,7 @@ class Records:
             return None
         if text.startswith("#") and container is not None:
             for c in container.get("contained") or []:
-                if isinstance(c, Mapping) and c.get("id") == text[1:]:
+                if isinstance(c, dict) and c.get("id") == text[1:]:
                     return dict(c)
             return None
         if text in self.by_url:

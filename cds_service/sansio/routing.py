@@ -26,7 +26,7 @@ def _active(cov: Mapping) -> bool:
 
 
 def candidate_coverages(order: Mapping, records: Records) -> list[dict]:
-    referenced = [r for r in order.get("insurance") or [] if isinstance(r, Mapping) or isinstance(r, str)]
+    referenced = [r for r in order.get("insurance") or [] if isinstance(r, dict) or isinstance(r, str)]
     if referenced:
         resolved = [records.resolve(r, order) for r in referenced]
         found = [c for c in resolved if c is not None]
@@ -38,13 +38,13 @@ def candidate_coverages(order: Mapping, records: Records) -> list[dict]:
 def payer_ids(cov: Mapping, records: Records, id_system: str) -> set[str]:
     out = set()
     for payor in cov.get("payor") or []:
-        if not isinstance(payor, Mapping):
+        if not isinstance(payor, dict):
             continue
-        identifiers = [payor.get("identifier")] if isinstance(payor.get("identifier"), Mapping) else []
+        identifiers = [payor.get("identifier")] if isinstance(payor.get("identifier"), dict) else []
         if not identifiers:
             org = records.resolve(payor, cov)
             if org is not None:
-                identifiers = [i for i in org.get("identifier") or [] if isinstance(i, Mapping)]
+                identifiers = [i for i in org.get("identifier") or [] if isinstance(i, dict)]
         for ident in identifiers:
             if ident.get("system") == id_system and isinstance(ident.get("value"), str):
                 out.add(ident["value"])

@@ -411,7 +411,7 @@ def mh_prescriber(ctx: Context, node: Node, params: Mapping) -> Outcome:
         return Outcome(Tri.TRUE, note="no requester qualification recorded")
     codes = []
     for q in prac.get("qualification") or []:
-        if isinstance(q, Mapping):
+        if isinstance(q, dict):
             codes += [c for s, c in codings(q.get("code")) if s == V2_0360]
     ref = ref_of(prac)
     if not codes:
@@ -424,7 +424,7 @@ def mh_prescriber(ctx: Context, node: Node, params: Mapping) -> Outcome:
 
 
 def _unit(q: object) -> str | None:
-    if not isinstance(q, Mapping):
+    if not isinstance(q, dict):
         return None
     unit = q.get("code") if isinstance(q.get("code"), str) else q.get("unit")
     return unit.strip() if isinstance(unit, str) else None
@@ -433,10 +433,10 @@ def _unit(q: object) -> str | None:
 def _param_units(order: Mapping) -> set[str]:
     units = set()
     for p in order.get("parameter") or []:
-        if not isinstance(p, Mapping):
+        if not isinstance(p, dict):
             continue
         units.add(_unit(p.get("valueQuantity")))
-        rng = p.get("valueRange") if isinstance(p.get("valueRange"), Mapping) else {}
+        rng = p.get("valueRange") if isinstance(p.get("valueRange"), dict) else {}
         units.add(_unit(rng.get("high")))
     return {u for u in units if u}
 
@@ -450,7 +450,7 @@ def mh_prescription_content(ctx: Context, node: Node, params: Mapping) -> Outcom
         order.get("reasonReference"))
     units = _param_units(order)
     has_flow = "L/min" in units
-    has_freq = "h/d" in units or isinstance(order.get("occurrenceTiming"), Mapping)
+    has_freq = "h/d" in units or isinstance(order.get("occurrenceTiming"), dict)
     missing = []
     if not has_dx:
         missing.append("the diagnosis (an ICD-10-CM reasonCode or a reasonReference)")
@@ -626,12 +626,12 @@ def mh_plan_not_excluded(ctx: Context, node: Node, params: Mapping) -> Outcome:
     ref = ref_of(cov) if cov else "Coverage"
     plans = {p.upper() for p in params["plans"]}
     for klass in cov.get("class") or []:
-        if not isinstance(klass, Mapping):
+        if not isinstance(klass, dict):
             continue
-        ktype = klass.get("type") if isinstance(klass.get("type"), Mapping) else {}
+        ktype = klass.get("type") if isinstance(klass.get("type"), dict) else {}
         type_codes = {c for s, c in codings(ktype) if s == COVERAGE_CLASS}
         type_codes |= {c.get("code") for c in ktype.get("coding") or []
-                       if isinstance(c, Mapping) and "system" not in c}
+                       if isinstance(c, dict) and "system" not in c}
         if "plan" not in type_codes:
             continue
         for key in ("value", "name"):

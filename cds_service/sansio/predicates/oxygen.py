@@ -114,13 +114,7 @@ def _setting(ctx: Context, test: OxygenTest) -> tuple[Tri, str]:
         return Tri.TRUE, f"{test.ref} inpatient, within two days before discharge {iso(discharge)}"
     if test.encounter_class == "EMER":
         return Tri.FALSE, f"{test.ref} was taken in an emergency encounter (not a chronic stable state)"
-    for cond in ctx.case.conditions:
-        if not ctx.case.valuesets.matches_concept("ACUTE-RESP", cond.get("code")):
-            continue
-        fact = ctx.case.extractor._condition_fact(cond)
-        vstat = {c.get("code") for c in (cond.get("verificationStatus") or {}).get("coding") or [] if isinstance(c, Mapping)} if isinstance(cond.get("verificationStatus"), Mapping) else set()
-        if vstat & {"refuted", "entered-in-error"}:
-            continue
+    for fact in _acute_respiratory(ctx):
         if fact.onset and add_days(test.date, -30) <= fact.onset <= test.date and not (
             fact.abatement and fact.abatement <= test.date
         ):
@@ -133,6 +127,22 @@ def _setting(ctx: Context, test: OxygenTest) -> tuple[Tri, str]:
     if ans is not None and not ans.stale:
         return Tri.of(bool(ans.value)), f"{test.ref} stable state attested: {ans.describe()}"
     return Tri.UNKNOWN, f"{test.ref} stable state not established; {resolution_for(ctx, item)}"
+
+
+def _acute_respiratory(ctx: Context) -> list:
+    """ACUTE-RESP Conditions (not refuted), once per case: the stable-state rule reads them per test."""
+    memo = ctx.shared["memo"]
+    if "acute-resp" not in memo:
+        facts = []
+        for cond in ctx.case.conditions:
+            if not ctx.case.valuesets.matches_concept("ACUTE-RESP", cond.get("code")):
+                continue
+            vs = cond.get("verificationStatus")
+            vstat = {c.get("code") for c in vs.get("coding") or [] if isinstance(c, dict)} if isinstance(vs, dict) else set()
+            if not vstat & {"refuted", "entered-in-error"}:
+                facts.append(ctx.case.extractor._condition_fact(cond))
+        memo["acute-resp"] = facts
+    return memo["acute-resp"]
 
 
 # -- qualification -----------------------------------------------------------
@@ -584,12 +594,12 @@ def physician_evaluation(ctx: Context, node: Node, params: Mapping) -> Outcome:
     from ..records import reference_str
 
     for enc in case.records.of_type("Encounter"):
-        klass = enc.get("class") if isinstance(enc.get("class"), Mapping) else {}
-        period = enc.get("period") if isinstance(enc.get("period"), Mapping) else {}
+        klass = enc.get("class") if isinstance(enc.get("class"), dict) else {}
+        period = enc.get("period") if isinstance(enc.get("period"), dict) else {}
         d = parse_date(period.get("start"))
         if enc.get("status") != "finished" or klass.get("code") not in STABLE_CLASSES or not d or not (start <= d <= end):
             continue
-        participants = {reference_str(p.get("individual")) for p in enc.get("participant") or [] if isinstance(p, Mapping)}
+        participants = {reference_str(p.get("individual")) for p in enc.get("participant") or [] if isinstance(p, dict)}
         if requester and any(p and p.endswith(requester) for p in participants):
             ref = f"Encounter/{enc.get('id')}"
             return Outcome(Tri.TRUE, [Evidence(ref, f"{ref} {klass.get('code')} evaluation by {requester}, {iso(d)}")])
@@ -656,7 +666,7 @@ def indication_without_hypoxemia(ctx: Context, node: Node, params: Mapping) -> O
     if unless:
         return Outcome(Tri.FALSE, [Evidence(unless[0].ref, f"{unless[0].ref} {unless[0].code}")])
     route = ctx.shared.get("route")
-    block = params["hypoxemia"].get(route) if isinstance(params["hypoxemia"], Mapping) else params["hypoxemia"]
+    block = params["hypoxemia"].get(route) if isinstance(params["hypoxemia"], dict) else params["hypoxemia"]
     ev = [Evidence(found[0].ref, f"{found[0].ref} {found[0].code} ({params['value_set']})")]
     if block is None:
         return Outcome(Tri.FALSE, ev)

@@ -54,7 +54,7 @@ def _status_codes(resource: Mapping, element: str) -> set[str]:
 def _performed(proc: Mapping) -> tuple[date | None, tuple | None]:
     """A Procedure's date and sort instant: ``performed[x]`` (a period's start)."""
     value = proc.get("performedDateTime")
-    if value is None and isinstance(proc.get("performedPeriod"), Mapping):
+    if value is None and isinstance(proc.get("performedPeriod"), dict):
         value = proc["performedPeriod"].get("start")
     inst = parse_instant(value)
     return (inst[0], inst) if inst else (None, None)
@@ -78,14 +78,14 @@ def completed_procedures(ctx: Context, codes: Iterable[str]) -> list[tuple[dict,
 def medication_concepts(ctx: Context, resource: Mapping) -> list[Mapping]:
     """The medication of a MedicationRequest: its concept, or the referenced Medication's code and ingredients."""
     out = []
-    if isinstance(resource.get("medicationCodeableConcept"), Mapping):
+    if isinstance(resource.get("medicationCodeableConcept"), dict):
         out.append(resource["medicationCodeableConcept"])
     med = ctx.case.records.resolve(resource.get("medicationReference"), resource) if resource.get("medicationReference") else None
     if med is not None and med.get("resourceType") == "Medication":
-        if isinstance(med.get("code"), Mapping):
+        if isinstance(med.get("code"), dict):
             out.append(med["code"])
         for ing in med.get("ingredient") or []:
-            if isinstance(ing, Mapping) and isinstance(ing.get("itemCodeableConcept"), Mapping):
+            if isinstance(ing, dict) and isinstance(ing.get("itemCodeableConcept"), dict):
                 out.append(ing["itemCodeableConcept"])
     return out
 
@@ -112,7 +112,7 @@ def episode_drugs(ctx: Context) -> list[tuple[dict, list[Mapping], str | None]]:
             if res.get("resourceType") != "MedicationRequest":
                 continue
             concepts = medication_concepts(ctx, res)
-            given = {c for d in res.get("dosageInstruction") or [] if isinstance(d, Mapping) for _, c in codings(d.get("route"))}
+            given = {c for d in res.get("dosageInstruction") or [] if isinstance(d, dict) for _, c in codings(d.get("route"))}
             if given & routes or any(_in_sets(ctx, concepts, vs) for vs in sets):
                 out.append((res, concepts, None))
         return out

@@ -34,8 +34,8 @@ def call_service(service_id: str):
     raw = request.get_data(cache=False)
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return outcome_response(400, f"request body is not valid JSON: {exc}", "structure")
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        return outcome_response(400, f"request body is not valid JSON: {type(exc).__name__}", "structure")
     if not isinstance(body, dict):
         return outcome_response(400, "request body must be a JSON object", "structure")
     problem = request_problem(body, svc["hook"])
@@ -54,16 +54,17 @@ def call_service(service_id: str):
         source = _data_source(body, library, today, started)
         result = process(body, library, source, today, settings)
     except HookError as exc:
-        log.info("refused hookInstance=%s service=%s status=%s", body.get("hookInstance"), service_id, exc.status)
+        log.info("refused", extra={"hookInstance": body.get("hookInstance"), "service": service_id, "status": exc.status})
         _record(body, service_id, svc["hook"], started, exc.status, [])
         return outcome_response(exc.status, exc.diagnostics, exc.code, exc.expression)
     elapsed_ms = (time.perf_counter() - started) * 1000
     for trace in result.traces:
         # Decision log: policy version and criterion IDs only, never patient data.
         log.info(
-            "decision hookInstance=%s service=%s code=%s revision=%s determination=%s deciding=%s ms=%.1f",
-            trace["hookInstance"], service_id, trace["code"], trace["revision"], trace["determination"],
-            ",".join(trace["deciding"]), elapsed_ms,
+            "decision %s %s %s", trace["revision"], trace["determination"], trace["code"],
+            extra={"hookInstance": trace["hookInstance"], "service": service_id, "payer": trace["payer"],
+                   "code": trace["code"], "revision": trace["revision"], "determination": trace["determination"],
+                   "deciding": trace["deciding"], "advisories": trace["advisories"], "ms": round(elapsed_ms, 1)},
         )
     _record(body, service_id, svc["hook"], started, 200, result.traces)
     return jsonify(result.body)
@@ -95,6 +96,8 @@ def _record(body: dict, service_id: str, hook: str, started: float, status: int,
         "status": status,
         "elapsedMs": round((time.perf_counter() - started) * 1000, 2),
         "traces": traces,
+        "client": getattr(g.get("cds_client"), "name", None),
+        "tenant": g.get("cds_tenant"),
     }
     try:
         current_app.extensions["cds_decisions"].record(event)

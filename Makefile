@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8080
 
-.PHONY: run test evaluate clean
+.PHONY: run test evaluate clean postgres-server
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,8 +16,21 @@ $(VENV)/.installed: pyproject.toml
 run: $(VENV)/.installed
 	$(VENV)/bin/cds-service serve --host $(HOST) --port $(PORT)
 
-test: $(VENV)/.installed
+test: $(VENV)/.installed postgres-server
 	$(PY) -m pytest
+
+# The decision-store tests run against SQLite and a real PostgreSQL server: they start a private
+# cluster (initdb in a temp folder, 127.0.0.1, a free port) from the server binaries of Debian's
+# postgresql package, installed here with apt-get when missing (root, as in CI). Without them the
+# PostgreSQL tests skip with the reason (and fail under CI).
+postgres-server:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "Installing PostgreSQL (Debian package postgresql) for the decision-store tests"; \
+	  ( export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && \
+	    apt-get install -y -qq --no-install-recommends postgresql ) >/tmp/cds-postgres-install.log 2>&1 || \
+	  echo "PostgreSQL could not be installed (log: /tmp/cds-postgres-install.log): its tests will skip"; \
+	else echo "PostgreSQL server not installed (as root: apt-get install postgresql): its tests will skip"; fi
 
 # Example: make evaluate REQUEST=fhir_examples/cp-mp-190-2023/01-adult-rest-spo2-88-e1390.json
 evaluate: $(VENV)/.installed

@@ -11,7 +11,6 @@ from .auth import DEMO_CLIENTS
 from .config import DEFAULTS, utc_now
 from .library import cached_library
 from .sansio.fhir_models import warm_models
-from .traces import TraceBuffer
 
 __all__ = ["create_app"]
 
@@ -26,19 +25,29 @@ def create_app(config: Mapping | None = None) -> Flask:
         app.config.update({k: v for k, v in config.items() if k.isupper()})
     # Fails fast, naming the file and place, when a policy document is invalid.
     app.extensions["cds_library"] = cached_library(app.config["POLICY_DIR"], app.config["EXTRA_POLICY_FILES"])
-    app.extensions["cds_decisions"] = TraceBuffer()
     warm_models()  # import the FHIR models now, not in the first prescriber's request
     app.json.sort_keys = False
     if app.config["TRUSTED_CLIENTS"] is None:
         app.config["TRUSTED_CLIENTS"] = DEMO_CLIENTS
     errors.register(app)
+    # Imported here, not at the top: `cds-service serve` picks the metrics mode before this import.
+    from . import decisions, metrics
+
+    # Metrics first: its timer starts before authentication can answer (it reads nothing else).
+    cds_metrics = metrics.init_app(app)
+    # Decision records: SQLite in the instance folder unless DATABASE_URL says otherwise.
+    app.extensions["cds_decisions"] = decisions.init_app(app, cds_metrics)
     auth.init_app(app)  # first: nothing of an unauthenticated request is read
     hardening.init_app(app)
 
+    from .api import bp as api_bp
+    from .feedback import bp as feedback_bp
     from .hooks import bp as hooks_bp
     from .questionnaires import bp as questionnaire_bp
 
     app.register_blueprint(hooks_bp)
+    app.register_blueprint(feedback_bp)
+    app.register_blueprint(api_bp)
     app.register_blueprint(questionnaire_bp)
     logging.getLogger("cds_service").setLevel(logging.INFO)
     return app

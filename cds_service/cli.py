@@ -23,6 +23,10 @@ def serve(args) -> int:
     from .logs import configure
 
     configure(logging.INFO)
+    if not args.dev:
+        from .server import prepare_metrics
+
+        prepare_metrics()  # before the app: every worker's /metrics reports all workers
     app = _app(args)
     if args.dev:
         app.run(host=args.host, port=args.port, debug=False, use_reloader=False, threaded=True)

@@ -4,7 +4,10 @@ The development server is only used with ``cds-service serve --dev``.
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 
 from gunicorn.app.base import BaseApplication
 
@@ -28,6 +31,35 @@ class GunicornServer(BaseApplication):
         return self.application
 
 
+def prepare_metrics() -> str:
+    """Prometheus multiprocess mode for gunicorn workers: call before the app is created.
+
+    Uses ``PROMETHEUS_MULTIPROC_DIR`` when set (an empty folder), else a new temporary one.
+    """
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not folder:
+        folder = tempfile.mkdtemp(prefix="cds-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = folder
+        owner = os.getpid()
+        atexit.register(lambda: os.getpid() == owner and shutil.rmtree(folder, ignore_errors=True))
+    return folder
+
+
+def _worker_exit(server, worker) -> None:
+    """Graceful worker shutdown: store the decision records still queued in this worker."""
+    flask_app = getattr(worker.app, "application", None)
+    recorder = flask_app.extensions.get("cds_decisions") if flask_app is not None else None
+    if recorder is not None and hasattr(recorder, "close"):
+        recorder.close()
+
+
+def _child_exit(server, worker) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(worker.pid)
+
+
 def serve(app, host: str, port: int, workers: int | None = None, threads: int | None = None) -> None:
     cfg = app.config
     options = {
@@ -43,5 +75,8 @@ def serve(app, host: str, port: int, workers: int | None = None, threads: int | 
         "loglevel": "info",
         # The app is created before forking: the policy library is loaded and validated once.
         "preload_app": True,
+        # Decision records still queued in a worker are stored before it exits (also at exit).
+        "worker_exit": _worker_exit,
+        "child_exit": _child_exit,
     }
     GunicornServer(app, options).run()

@@ -5,7 +5,7 @@ import uuid
 from dataclasses import dataclass, field
 from datetime import date
 
-from .engine import NOT_APPLICABLE, SUPPORTED, Evaluation, Result
+from .engine import INSUFFICIENT_DOCUMENTATION, NOT_APPLICABLE, NOT_MEDICALLY_NECESSARY, SUPPORTED, Evaluation, Result
 from .logic import Tri
 
 TOPIC_SYSTEMS = {
@@ -15,6 +15,16 @@ TOPIC_SYSTEMS = {
 EVALUATION_KEY = "cds-coverage.evaluation"
 SUMMARY_MAX = 139
 TECHNICAL_SUMMARY = "Coverage could not be evaluated"
+# Reasons a prescriber may give for proceeding despite a coverage warning (CDS Hooks 2.0
+# card.overrideReasons); they come back in feedback's overrideReason.reason.
+OVERRIDE_REASON_SYSTEM = "http://example.org/fhir/cds-coverage/CodeSystem/coverage-override-reason"
+OVERRIDE_REASONS = (
+    ("documentation-elsewhere", "Supporting documentation exists outside this record and will be submitted"),
+    ("clinical-judgment", "Medically necessary in my clinical judgment; will request prior authorization or appeal"),
+    ("patient-informed", "Patient informed the order may not be covered and chooses to proceed"),
+    ("evaluation-incorrect", "The coverage evaluation used incorrect or outdated information"),
+)
+OVERRIDABLE = (NOT_MEDICALLY_NECESSARY, INSUFFICIENT_DOCUMENTATION)
 
 
 @dataclass
@@ -137,6 +147,10 @@ def card(ci: CardInput, dialect: str, payer_id: str | None, uuid_factory=uuid.uu
             EVALUATION_KEY: evaluation_extension(ci, payer_id),
         },
     }
+    if ci.determination in OVERRIDABLE:
+        out["overrideReasons"] = [
+            {"system": OVERRIDE_REASON_SYSTEM, "code": code, "display": display} for code, display in OVERRIDE_REASONS
+        ]
     if ci.questionnaire_link:
         out["links"] = [{"label": "Attestation questionnaire for this policy", "url": ci.questionnaire_link, "type": "absolute"}]
     return out

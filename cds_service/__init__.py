@@ -43,11 +43,13 @@ def create_app(config: Mapping | None = None) -> Flask:
     from .api import bp as api_bp
     from .feedback import bp as feedback_bp
     from .hooks import bp as hooks_bp
+    from .openapi import bp as openapi_bp
     from .questionnaires import bp as questionnaire_bp
 
     app.register_blueprint(hooks_bp)
     app.register_blueprint(feedback_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(questionnaire_bp)
+    app.register_blueprint(openapi_bp)
     logging.getLogger("cds_service").setLevel(logging.INFO)
     return app

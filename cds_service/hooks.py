@@ -29,18 +29,25 @@ def list_services():
 def call_service(service_id: str):
     started = time.perf_counter()
     svc = SERVICES.get(service_id)
+    hook = svc["hook"] if svc else None
+
+    def refuse(body: object, status: int, diagnostics: str, code: str, expression: str | None = None):
+        # Refused calls are recorded too (status, timing; no traces).
+        _record(body if isinstance(body, dict) else {}, service_id, hook, started, status, [])
+        return outcome_response(status, diagnostics, code, expression)
+
     if svc is None:
-        return outcome_response(404, f"no CDS service '{service_id}'; see GET /cds-services", "not-found")
+        return refuse({}, 404, f"no CDS service '{service_id}'; see GET /cds-services", "not-found")
     raw = request.get_data(cache=False)
     try:
         body = json.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        return outcome_response(400, f"request body is not valid JSON: {type(exc).__name__}", "structure")
+        return refuse({}, 400, f"request body is not valid JSON: {type(exc).__name__}", "structure")
     if not isinstance(body, dict):
-        return outcome_response(400, "request body must be a JSON object", "structure")
+        return refuse({}, 400, "request body must be a JSON object", "structure")
     problem = request_problem(body, svc["hook"])
     if problem:
-        return outcome_response(400, problem[1], "invalid", problem[0])
+        return refuse(body, 400, problem[1], "invalid", problem[0])
     cfg = current_app.config
     today = today_in(cfg["TIMEZONE"], cfg["CLOCK"]())
     settings = Settings(
@@ -96,7 +103,7 @@ def _record(body: dict, service_id: str, hook: str, started: float, status: int,
         "status": status,
         "elapsedMs": round((time.perf_counter() - started) * 1000, 2),
         "traces": traces,
-        "client": getattr(g.get("cds_client"), "name", None),
+        "client": getattr(g.get("cds_client"), "iss", None),
         "tenant": g.get("cds_tenant"),
     }
     try:

@@ -13,6 +13,8 @@ from cds_service import create_app
 # Tests exercise the service without client tokens unless a test turns authentication on
 # (tests/test_auth.py does, with real signed tokens).
 os.environ.setdefault("CDS_AUTH_REQUIRED", "false")
+# Apps made without their own DATABASE_URL keep decision records in memory, not in ./instance.
+os.environ.setdefault("CDS_DATABASE_URL", "sqlite://")
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

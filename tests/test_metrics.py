@@ -54,7 +54,8 @@ def test_requests_latency_determinations_and_feedback_are_counted(app, client):
     m = samples(client)
     assert value(m, "cds_decision_queue_pending") == 0 and value(m, "cds_decision_store_up") == 1
     # Requests refused before evaluation (schema 400, unknown service) are counted above, not recorded.
-    assert value(m, "cds_decision_records_stored_total", kind="call") == 4
+    # 4 evaluated calls plus the refused 400 and 404: every hook call is recorded
+    assert value(m, "cds_decision_records_stored_total", kind="call") == 6
     assert value(m, "cds_decision_records_stored_total", kind="feedback") == 2
     assert value(m, "cds_decision_records_dropped_total") == 0
 

@@ -45,6 +45,7 @@ class CardInput:
     advisories: list[str] = field(default_factory=list)
     advisory_texts: dict = field(default_factory=dict)
     questionnaire_link: str | None = None  # where the EHR can fetch the attestation Questionnaire
+    code_base: str = "http://example.org/fhir/cds-coverage"  # {base}: the override-reason code system
 
 
 def summary(ci: CardInput) -> str:
@@ -149,7 +150,8 @@ def card(ci: CardInput, dialect: str, payer_id: str | None, uuid_factory=uuid.uu
     }
     if ci.determination in OVERRIDABLE:
         out["overrideReasons"] = [
-            {"system": OVERRIDE_REASON_SYSTEM, "code": code, "display": display} for code, display in OVERRIDE_REASONS
+            {"system": f"{ci.code_base}/CodeSystem/coverage-override-reason", "code": code, "display": display}
+            for code, display in OVERRIDE_REASONS
         ]
     if ci.questionnaire_link:
         out["links"] = [{"label": "Attestation questionnaire for this policy", "url": ci.questionnaire_link, "type": "absolute"}]

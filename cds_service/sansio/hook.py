@@ -205,6 +205,7 @@ def process(
             t0=oc.order.t0, t0_assumed=oc.order.t0_assumed, r=oc.r, evaluation=oc.evaluation,
             reason=oc.reason, advisories=advisories,
             advisory_texts={a["code"]: a["text"] for a in (policy.advisories if policy else [])},
+            code_base=settings.base,
             questionnaire_link=f"{settings.questionnaire_endpoint}/{policy.prefix}"
             if attest and settings.questionnaire_endpoint and hook != "order-select" else None,
         )

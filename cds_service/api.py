@@ -107,7 +107,8 @@ def list_decisions():
 @bp.get("/decisions/<int:decision_id>")
 @_guarded
 def one_decision(decision_id: int):
-    found = _store().get_decision(decision_id)
+    # Record ids are 64-bit; anything larger cannot exist (and would overflow the database driver).
+    found = _store().get_decision(decision_id) if 0 < decision_id < 2**63 else None
     if found is None:
         return outcome_response(404, f"no decision {decision_id}", "not-found")
     return jsonify(found)

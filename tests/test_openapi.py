@@ -43,3 +43,9 @@ def test_no_5xx_and_every_4xx_is_an_operation_outcome(case):
     if 400 <= response.status_code < 500:
         body = response.json()
         assert body["resourceType"] == "OperationOutcome" and body["issue"], body
+
+
+def test_decision_ids_beyond_64_bits_are_404_not_500(client):
+    resp = client.get(f"/api/decisions/{2**63}")
+    assert resp.status_code == 404
+    assert resp.get_json()["resourceType"] == "OperationOutcome"

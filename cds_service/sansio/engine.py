@@ -111,6 +111,14 @@ class Context:
     def advisories(self) -> set[str]:
         return self.shared["advisories"]
 
+    @property
+    def scope_key(self) -> tuple:
+        """A hashable form of the scope, for memo keys (computed once per context)."""
+        key = self.__dict__.get("_scope_key")
+        if key is None:
+            key = self.__dict__["_scope_key"] = tuple(sorted((k, repr(v)) for k, v in self.scope.items()))
+        return key
+
     def scoped(self, extra: Mapping) -> "Context":
         if not extra:
             return self
@@ -123,7 +131,7 @@ class Context:
         """Evaluate another node of the policy (memoized per scope)."""
         node = self.policy.node(node_id)
         ctx = self.scoped(_inherited_scope(self.policy, node) | dict(extra_scope or {}))
-        key = (node.id, tuple(sorted((k, repr(v)) for k, v in ctx.scope.items())))
+        key = (node.id, ctx.scope_key)
         memo = self.shared["memo"]
         if key not in memo:
             memo[key] = evaluate_tree(ctx, node)

@@ -135,7 +135,7 @@ def mh_tests(ctx: Context) -> list[OxygenTest]:
 
 
 def mh_verdict(ctx: Context, test: OxygenTest) -> Verdict:
-    key = ("mh-verdict", test.ref, tuple(sorted((k, repr(v)) for k, v in ctx.scope.items())))
+    key = ("mh-verdict", test.ref, ctx.scope_key)
     memo = ctx.shared["memo"]
     if key not in memo:
         memo[key] = _mh_verdict(ctx, test)

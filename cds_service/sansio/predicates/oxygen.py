@@ -70,7 +70,7 @@ def tests_in_scope(ctx: Context) -> list[OxygenTest]:
 
 
 def verdict(ctx: Context, test: OxygenTest) -> Verdict:
-    key = ("verdict", test.ref, tuple(sorted((k, repr(v)) for k, v in ctx.scope.items())))
+    key = ("verdict", test.ref, ctx.scope_key)
     memo = ctx.shared["memo"]
     if key not in memo:
         memo[key] = _verdict(ctx, test)
@@ -437,7 +437,8 @@ def test_rule(ctx: Context, node: Node, params: Mapping) -> Outcome:
         cands = [c for c in cands if c.test.inpatient == params["inpatient"]]
     if not cands:
         return Outcome(None)
-    fully = [c for c in qualifying_candidates(result) if c in cands]
+    governed = {id(c) for c in cands}
+    fully = [c for c in qualifying_candidates(result) if id(c) in governed]
     if fully:
         c = fully[0]
         return Outcome(Tri.TRUE, [Evidence(c.test.ref, _rule_text(c, rule))])

@@ -16,7 +16,7 @@ from conftest import REPO
 
 LIBRARY = load_library(REPO / "policies")
 TODAY = date(2025, 12, 31)
-PROFILE = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+PROFILE = settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True)
 
 
 def run(body: dict) -> dict:

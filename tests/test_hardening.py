@@ -102,3 +102,11 @@ def test_logs_of_every_example_carry_no_patient_identifier(client, example_index
     text = caplog.text + "".join(json.dumps(r.__dict__, default=str) for r in caplog.records)
     leaked = sorted(i for i in identifiers if i in text)
     assert leaked == []
+
+
+def test_brackets_inside_strings_do_not_make_a_shallow_body_too_deep():
+    from cds_service.hardening import too_deep
+
+    shallow = json.dumps({"a": "[" * 200, "b": ["{" * 100]}).encode()
+    assert not too_deep(shallow, 64)
+    assert too_deep(b'{"a":' * 70 + b"1" + b"}" * 70, 64)

@@ -1,0 +1,37 @@
+"""The production server (gunicorn, as `cds-service serve` runs it) plus a no-op endpoint.
+
+The no-op endpoint reads and parses the same JSON body and answers ``{"cards": []}``: the
+limit of what this server stack can do, measured beside the real hook in the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from flask import jsonify, request  # noqa: E402
+
+from cds_service import create_app  # noqa: E402
+from cds_service.server import serve  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=4)
+    args = parser.parse_args()
+    app = create_app()
+
+    @app.post("/bench/noop")
+    def noop():
+        request.get_json(force=True)
+        return jsonify({"cards": []})
+
+    serve(app, "127.0.0.1", args.port, args.workers, args.threads)
+
+
+if __name__ == "__main__":
+    main()

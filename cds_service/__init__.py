@@ -51,5 +51,8 @@ def create_app(config: Mapping | None = None) -> Flask:
     app.register_blueprint(api_bp)
     app.register_blueprint(questionnaire_bp)
     app.register_blueprint(openapi_bp)
+    from . import console
+
+    console.init_app(app)  # the web console at /console (its own login; CONSOLE_ENABLED)
     logging.getLogger("cds_service").setLevel(logging.INFO)
     return app

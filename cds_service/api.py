@@ -111,6 +111,9 @@ def one_decision(decision_id: int):
     found = _store().get_decision(decision_id) if 0 < decision_id < 2**63 else None
     if found is None:
         return outcome_response(404, f"no decision {decision_id}", "not-found")
+    # IDs, values and references only: what the card showed of each node (clinical values) is for
+    # the console's decision page, behind its login.
+    found["criteria"] = [{k: c.get(k) for k in ("id", "value", "evidence")} for c in found["criteria"] or []]
     return jsonify(found)
 
 

@@ -16,6 +16,8 @@ def _app(args):
     config = {}
     if getattr(args, "policies", None):
         config["POLICY_DIR"] = args.policies
+    if getattr(args, "dev", False):
+        config["DEVELOPMENT"] = True  # e.g. the console may be open (CONSOLE_OPEN) without a login
     return create_app(config)
 
 

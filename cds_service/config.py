@@ -91,6 +91,20 @@ DEFAULTS = {
     "FHIR_CA_BUNDLE": None,
     # Public base URL of this service (source links, questionnaire endpoints); None = from the request.
     "PUBLIC_BASE_URL": None,
+    # -- Web console (/console): policies, decisions, try-it, dashboard ----------------------------
+    "CONSOLE_ENABLED": True,
+    # The admin token the console's login form asks for (CDS_CONSOLE_TOKEN); None: no login possible.
+    "CONSOLE_TOKEN": None,
+    # No login at all: honoured only in development mode (DEVELOPMENT, `cds-service serve --dev`, or tests).
+    "CONSOLE_OPEN": False,
+    # A console login lasts this long (hours).
+    "CONSOLE_SESSION_HOURS": 8,
+    # Hook requests offered on the console's try-it page (index.json per folder); None: the bundled fhir_examples.
+    "CONSOLE_EXAMPLES_DIR": None,
+    # Development mode (set by `cds-service serve --dev`).
+    "DEVELOPMENT": False,
+    # Signs the console's session cookie (CDS_SECRET_KEY); None: a random key per start (logins end at restart).
+    "SECRET_KEY": None,
 }
 
 

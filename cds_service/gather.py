@@ -14,6 +14,15 @@ unless a query still running could return it. What did not arrive in time, or fa
 reported per key, and :func:`cds_service.sansio.hook.process` makes an order whose policy
 needs that key a technical failure (§10.3) naming it.
 
+On order-dispatch and appointment-book the orders themselves come by reference
+(``sansio.contexts``): those not in the request are read first (``GET {fhirServer}/{Type}/{id}``),
+since what they are decides what else is needed; an episode's partners are looked for among the
+patient's open orders (``serviceRequests``, ``deviceRequests``, ``medicationRequests``).  The
+encounter hooks read their Encounter and query what the oxygen policies read.  On these four
+hooks a ``fhirServer`` off the allowlist is never contacted but does not refuse the request:
+what could not be fetched is reported per order (a technical failure), or on the secondary
+encounter hooks simply not used.
+
 The result is a :class:`GatheredSource`, a ``DataSource`` for the sans-I/O core.
 """
 from __future__ import annotations
@@ -28,14 +37,22 @@ from typing import Iterable, Mapping
 from urllib.parse import quote, urlsplit
 
 from .fhir_client import Allowlist, Fetch, FhirClient, normalize_base, under_base
-from .sansio.hook import HookError, PrefetchSource, _selected
-from .sansio.orders import DraftOrder, draft_orders
+from .sansio.contexts import (
+    BY_REFERENCE_HOOKS, ENCOUNTER_HOOKS, Lookup, episode_member_of, hook_orders, references_to_read,
+)
+from .sansio.hook import HookError, PrefetchSource, dialect_of
+from .sansio.orders import DraftOrder
 from .sansio.records import PREFETCH_TYPES, KeyState, Records, reference_str
 from .services import observation_codes
 
 log = logging.getLogger("cds_service.fhir")
 
 TYPE_KEYS = {t: k for k, t in PREFETCH_TYPES.items()}
+# Queried beside the contract's keys: the patient's open ServiceRequests, where the rest of a
+# dispatched or booked order's episode may be (discovery declares it for those two hooks).
+SERVICE_REQUESTS = "serviceRequests"
+SERVICE_REQUESTS_QUERY = "ServiceRequest?patient={pid}&status=draft,active,on-hold"
+KEY_TYPES = {**PREFETCH_TYPES, SERVICE_REQUESTS: "ServiceRequest"}
 _TYPE = re.compile(r"^[A-Z][A-Za-z]{1,63}$")
 _ID = re.compile(r"^(?=.*[A-Za-z0-9])[A-Za-z0-9\-.]{1,64}$")  # a FHIR id, and not "." or ".."
 LOOKBACK_DAYS = 365  # contract §4.2: date=ge{T0−365}
@@ -50,18 +67,41 @@ class Plan:
     to_query: list[str]  # needed keys the client did not send
     since: date  # T0 − 365 of the earliest order
     all_orders: list[DraftOrder] = field(default_factory=list)  # every draft order (Records holds them all)
+    episode: list[dict] | None = None  # the draft orders of Records when not those of all_orders
 
 
-def plan(request: Mapping, library, today: date, prefetch: PrefetchSource) -> Plan:
+def plan(request: Mapping, library, today: date, prefetch: PrefetchSource, read: Iterable[Mapping] = ()) -> Plan:
+    """``read``: resources already read from the server (orders referenced by id, the Encounter)."""
     context = request.get("context") or {}
-    all_orders = draft_orders(context.get("draftOrders"), today)
-    orders = _selected(all_orders, context.get("selections") or []) if request.get("hook") == "order-select" else all_orders
+    hook = request.get("hook")
+    patient_id = str(context.get("patientId"))
     needed: list[str] = []
 
     def need(keys: Iterable[str]) -> None:
         needed.extend(k for k in keys if k in PREFETCH_TYPES and k not in needed)
 
-    given = Records.build(str(context.get("patientId")), [o.resource for o in all_orders], _given(prefetch))
+    if hook in ENCOUNTER_HOOKS:
+        # Secondary hooks look at the patient's open orders: what the policies with an inpatient
+        # test rule read, the orders themselves and the encounters (the evaluation being warmed).
+        need(["coverage", "deviceRequests", "encounters"])
+        for policy in library.policies:
+            if any((n.params or {}).get("rule") == "setting" for n in policy.all_nodes()):
+                need(policy.data_keys)
+        to_query = [k for k in needed if prefetch.state(k) == KeyState.MISSING]
+        return Plan(patient_id, [], needed, to_query, today - timedelta(days=LOOKBACK_DAYS), [])
+    the_orders = hook_orders(request, today, Lookup(request, extra=read), dialect_of(request))
+    orders = [o for o in the_orders.orders if not o.unavailable]
+    episodes = [p for p in library.policies if hook in BY_REFERENCE_HOOKS and p.episode_members and any(
+        (o.code and p.role_of(o.code)) or episode_member_of(p, o, library.valuesets) for o in orders)]
+    if episodes:
+        # A dispatched or booked order of an episode (contract §3.2): its partners are open orders
+        # in the patient's record (sansio.contexts.companions), and a member (J2274, the pump drug)
+        # takes the determination of the episode's procedure, evaluated on that policy's data.
+        need(["medicationRequests", "deviceRequests"])
+        needed.append(SERVICE_REQUESTS)
+        for policy in episodes:
+            need(policy.data_keys)
+    given = Records.build(patient_id, the_orders.episode, _given(prefetch) + list(read))
     if any(not [r for r in o.resource.get("insurance") or [] if given.resolve(r, o.resource)] for o in orders):
         need(["coverage"])  # the order's Coverage is not among the data given
     for order in orders:
@@ -73,7 +113,8 @@ def plan(request: Mapping, library, today: date, prefetch: PrefetchSource) -> Pl
                 need(policy.data_keys)
     t0 = min((o.t0 for o in orders), default=today)
     to_query = [k for k in needed if prefetch.state(k) == KeyState.MISSING]
-    return Plan(str(context.get("patientId")), orders, needed, to_query, t0 - timedelta(days=LOOKBACK_DAYS), all_orders)
+    return Plan(patient_id, orders, needed, to_query, t0 - timedelta(days=LOOKBACK_DAYS), orders,
+                episode=the_orders.episode)
 
 
 def _given(prefetch: PrefetchSource) -> list[dict]:
@@ -86,6 +127,8 @@ def _given(prefetch: PrefetchSource) -> list[dict]:
 def key_query(key: str, patient_id: str, since: date, code_base: str) -> tuple[str, object]:
     """A key's query (contract §4.2): ("read", ("Patient", id)) or ("search", "Type?params")."""
     pid = quote(patient_id, safe="")
+    if key == SERVICE_REQUESTS:
+        return "search", SERVICE_REQUESTS_QUERY.format(pid=pid)
     rtype = PREFETCH_TYPES[key]
     if key == "patient":
         return "read", ("Patient", patient_id)
@@ -198,7 +241,8 @@ class GatheredSource:
 
     def __init__(self, prefetch: PrefetchSource, fetched: Mapping[str, list[dict]] | None = None,
                  failures: Mapping[str, str] | None = None, referenced: list[tuple[dict, set]] | None = None,
-                 can_query: bool = False, unavailable: str | None = None, trace: dict | None = None):
+                 can_query: bool = False, unavailable: str | None = None, trace: dict | None = None,
+                 order_failures: Mapping[str, str] | None = None):
         self.prefetch = prefetch
         self.fetched = dict(fetched or {})
         self.failures = dict(failures or {})
@@ -206,6 +250,8 @@ class GatheredSource:
         self.can_query = can_query
         self.unavailable = unavailable  # why a missing key cannot be queried (→ 412)
         self.trace = trace
+        # Orders referenced by id (order-dispatch, appointment-book) that could not be read, and why.
+        self.order_failures = dict(order_failures or {})
 
     def state(self, key: str) -> str:
         if key in self.failures:
@@ -261,7 +307,7 @@ class _Run:
             sources += fetch.resources
         for fetch in self.reads.values():
             sources += fetch.resources
-        return Records.build(self.plan.patient_id, [o.resource for o in self.plan.all_orders], sources)
+        return Records.build(self.plan.patient_id, _drafts(self.plan), sources)
 
     def execute(self, code_base: str) -> None:
         pending: dict[Future, tuple[str, object]] = {}
@@ -316,7 +362,7 @@ class _Run:
                     self.failures.setdefault(w.origin, f"a referenced {w.target[0]} could not be read before the deadline")
 
     def _submit_reads(self, pending: dict[Future, tuple[str, object]]) -> None:
-        running = {PREFETCH_TYPES[w] for kind, w in pending.values() if kind == "key"}
+        running = {KEY_TYPES[w] for kind, w in pending.values() if kind == "key"}
         for w in wanted_references(self.records(), self.plan.orders, self.base, set(self.reads)):
             if w.target in self.origins:  # already asked: its outcome counts for this origin too
                 self.origins[w.target].add(w.origin)
@@ -351,6 +397,47 @@ class _Run:
         }
 
 
+def _drafts(the_plan: Plan) -> list[dict]:
+    return the_plan.episode if the_plan.episode is not None else [o.resource for o in the_plan.all_orders]
+
+
+# Hooks whose data gathering never refuses the request for a fhirServer off the allowlist: what
+# could not be fetched is reported per order (technical failure, contract §10.3) or, on the
+# secondary encounter hooks, simply not used.  order-sign and order-select keep the 400.
+OFF_ALLOWLIST = "fhirServer is not a FHIR server this service may contact; nothing was sent"
+LENIENT_HOOKS = BY_REFERENCE_HOOKS + ENCOUNTER_HOOKS
+
+
+def _read_references(client: FhirClient, base: str, token: str | None, deadline: float,
+                     targets: list[str]) -> dict[str, Fetch]:
+    """Read ``Type/id`` targets concurrently before planning (the orders decide what else is needed)."""
+    futures = {}
+    for target in targets:
+        rtype, rid = target.split("/", 1)
+        if not _TYPE.match(rtype) or not _ID.match(rid):
+            continue
+        futures[client.executor.submit(client.read, base, rtype, rid, token, deadline)] = target
+    out: dict[str, Fetch] = {}
+    remaining = deadline - time.monotonic()
+    done, pending = wait(list(futures), timeout=max(0.0, remaining)) if futures else (set(), set())
+    for fut in done:
+        try:
+            out[futures[fut]] = fut.result()
+        except Exception as exc:  # noqa: BLE001 - a bug in the client must not become a 500
+            log.exception("FHIR read failed unexpectedly: %s", type(exc).__name__)
+            out[futures[fut]] = Fetch(error="the request failed inside the service")
+    for fut in pending:
+        fut.cancel()
+        out[futures[fut]] = Fetch(error="no answer before the deadline")
+    return out
+
+
+def _read_failure(fetch: Fetch) -> str:
+    if fetch.not_found:
+        return "the FHIR server has no such resource"
+    return f"it could not be read from the FHIR server ({fetch.error})"
+
+
 def access_token(request: Mapping) -> str | None:
     auth = request.get("fhirAuthorization")
     token = auth.get("access_token") if isinstance(auth, Mapping) else None
@@ -361,20 +448,47 @@ def gather(request: Mapping, library, today: date, client_factory, config: Gathe
     """The request's data source: prefetch, and what the service fetched itself within the deadline.
 
     Raises :class:`HookError` 400 when the data needs a ``fhirServer`` that is not on the allowlist
-    (no request is sent). ``client_factory`` is only called when a request will be sent.
+    (no request is sent; order-sign and order-select — the other hooks get per-order technical
+    failures, ``LENIENT_HOOKS``). ``client_factory`` is only called when a request will be sent.
     """
     started = time.monotonic()
     prefetch = PrefetchSource(request.get("prefetch"))
-    try:
-        the_plan = plan(request, library, today, prefetch)
-    except Exception:  # noqa: BLE001 - malformed orders are process()'s to report (400), not ours
-        return GatheredSource(prefetch, can_query=bool(request.get("fhirServer")))
+    hook = request.get("hook")
     server_url = request.get("fhirServer")
     token = access_token(request)
     allowed = config.allowlist.lookup(server_url) if server_url else None
+    # Orders referenced by id (and the encounter of an encounter hook) not in the request are read
+    # first: what they are decides what else the evaluation needs (contract §4.3: then a read).
+    try:
+        to_read = references_to_read(request, Lookup(request)) if hook in LENIENT_HOOKS else []
+    except Exception:  # noqa: BLE001 - malformed contexts are process()'s to report (400), not ours
+        to_read = []
+    order_failures: dict[str, str] = {}
+    pre_reads: dict[str, Fetch] = {}
+    client: FhirClient | None = None
+    if to_read and server_url:
+        if allowed is None:
+            order_failures = {t: OFF_ALLOWLIST for t in to_read}
+        elif allowed.token_required and token is None:
+            pass  # process(): the order is missing and cannot be read → 412
+        else:
+            client = client_factory()
+            pre_reads = _read_references(client, allowed.base, token, config.deadline, to_read)
+            for target, fetch in pre_reads.items():
+                if not fetch.ok or not fetch.resources:
+                    order_failures[target] = _read_failure(fetch)
+    read = [r for f in pre_reads.values() if f.ok for r in f.resources]
+    try:
+        the_plan = plan(request, library, today, prefetch, read)
+    except Exception:  # noqa: BLE001 - malformed orders are process()'s to report (400), not ours
+        return GatheredSource(prefetch, referenced=[(r, {None}) for r in read], can_query=bool(server_url),
+                              order_failures=order_failures)
     if not server_url:
         return GatheredSource(prefetch, can_query=False)
     if the_plan.to_query and allowed is None:
+        if hook in LENIENT_HOOKS:
+            return GatheredSource(prefetch, failures={k: OFF_ALLOWLIST for k in the_plan.to_query}, can_query=True,
+                                  order_failures=order_failures)
         raise HookError(
             400, "forbidden",
             f"fhirServer is not a FHIR server this service may contact, and the prefetch lacks "
@@ -386,10 +500,16 @@ def gather(request: Mapping, library, today: date, client_factory, config: Gathe
     if allowed is not None and allowed.token_required and token is None:
         return GatheredSource(prefetch, can_query=False, unavailable="fhirServer needs fhirAuthorization.access_token")
     if allowed is None or not the_plan.to_query and not wanted_references(
-            Records.build(the_plan.patient_id, [o.resource for o in the_plan.all_orders], _given(prefetch)),
+            Records.build(the_plan.patient_id, _drafts(the_plan), _given(prefetch) + read),
             the_plan.orders, allowed.base):
-        return GatheredSource(prefetch, can_query=True)  # everything needed was sent; nothing to read
-    run = _Run(client_factory(), allowed.base, token, config.deadline, prefetch, the_plan, config.max_reads)
+        # everything needed was sent (or read); nothing more to read
+        return GatheredSource(prefetch, referenced=[(r, {None}) for r in read], can_query=True,
+                              order_failures=order_failures)
+    run = _Run(client or client_factory(), allowed.base, token, config.deadline, prefetch, the_plan, config.max_reads)
+    for target, fetch in pre_reads.items():
+        rtype, rid = target.split("/", 1)
+        run.reads[(rtype, rid)] = fetch
+        run.origins[(rtype, rid)] = {None}
     try:
         run.execute(config.code_base)
     except Exception as exc:  # noqa: BLE001 - a bug here must cost the data, not the response (no 500)
@@ -411,7 +531,7 @@ def gather(request: Mapping, library, today: date, client_factory, config: Gathe
         prefetch, fetched, run.failures, referenced, can_query=not unauthorized,
         unavailable="the FHIR server requires an access token (HTTP 401) and fhirAuthorization gave none"
         if unauthorized else None,
-        trace=trace,
+        trace=trace, order_failures=order_failures,
     )
 
 

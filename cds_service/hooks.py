@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import traceback
 
 from flask import Blueprint, current_app, g, jsonify, request
 
@@ -12,6 +13,7 @@ from .fhir_client import client_for
 from .gather import GatherConfig, allowlist_for, gather
 from .sansio.dates import today_in
 from .sansio.hook import HookError, Settings, process
+from .sansio.records import KeyState
 from .services import SERVICES, discovery
 from .validation import request_problem
 
@@ -58,12 +60,24 @@ def call_service(service_id: str):
     )
     library = current_app.extensions["cds_library"]
     try:
-        source = _data_source(body, library, today, started)
-        result = process(body, library, source, today, settings)
+        try:
+            source = _data_source(body, library, today, started)
+            result = process(body, library, source, today, settings)
+        except HookError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - FHIR data the evaluation could not read: never a 500
+            log.error("evaluation failed on the patient's data: %s hookInstance=%s; answered with a technical "
+                      "failure", _where(exc), body.get("hookInstance"))
+            result = process(body, library, _Unreadable(type(exc).__name__), today, settings)
     except HookError as exc:
         log.info("refused", extra={"hookInstance": body.get("hookInstance"), "service": service_id, "status": exc.status})
         _record(body, service_id, svc["hook"], started, exc.status, [])
         return outcome_response(exc.status, exc.diagnostics, exc.code, exc.expression)
+    except Exception as exc:  # noqa: BLE001 - not even the orders could be read
+        log.error("the draft orders could not be evaluated: %s hookInstance=%s", _where(exc),
+                  body.get("hookInstance"))
+        return refuse(body, 400, f"the request's FHIR resources could not be read ({type(exc).__name__}): "
+                      "check them against FHIR R4", "structure", "context")
     elapsed_ms = (time.perf_counter() - started) * 1000
     for trace in result.traces:
         # Decision log: policy version and criterion IDs only, never patient data.
@@ -91,6 +105,39 @@ def _data_source(body: dict, library, today, started: float):
         max_reads=int(cfg["FHIR_MAX_READS"]),
     )
     return gather(body, library, today, lambda: client_for(current_app.extensions, cfg), config)
+
+
+def _where(exc: BaseException) -> str:
+    """An exception's type and the code it came from — not its message, which may quote patient data."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    here = next((f for f in reversed(frames) if "cds_service" in f.filename), frames[-1] if frames else None)
+    where = f" at {here.filename.rsplit('cds_service/', 1)[-1]}:{here.lineno} ({here.name})" if here else ""
+    return f"{type(exc).__name__}{where}"
+
+
+class _Unreadable:
+    """The data source of a second, safe pass after the evaluation failed on malformed FHIR data
+    (a resource whose elements have types the evaluation does not expect): no patient data at all,
+    so each order is a technical failure whose card says why (contract §10.3)."""
+
+    can_query = True  # the orders get technical-failure cards, not a 412
+    trace = None
+
+    def __init__(self, error: str):
+        self.why = (f"the patient's FHIR data could not be read ({error}: a resource with elements of the "
+                    "wrong type or shape); the incident is logged")
+
+    def state(self, key: str) -> str:
+        return KeyState.MISSING
+
+    def resources(self, key: str):
+        return None
+
+    def failure(self, key: str) -> str:
+        return self.why
+
+    def referenced(self) -> list:
+        return []
 
 
 def _record(body: dict, service_id: str, hook: str, started: float, status: int, traces: list[dict]) -> None:

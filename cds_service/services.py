@@ -15,9 +15,14 @@ def observation_codes(base: str) -> str:
     return ",".join(codes)
 
 
-def prefetch_templates(base: str) -> dict[str, str]:
-    """Contract §4.1: root-level tokens only."""
-    return {
+def prefetch_templates(base: str, hook: str = "order-sign") -> dict[str, str]:
+    """Contract §4.1: root-level tokens only.
+
+    order-dispatch and appointment-book reference their orders by id: ``serviceRequests`` (the
+    patient's open ServiceRequests) lets a client send them, as ``deviceRequests`` and
+    ``medicationRequests`` already do for the other order types; what is not sent is read.
+    """
+    templates = {
         "patient": f"Patient/{P}",
         "coverage": f"Coverage?patient={P}&status=active",
         "observations": f"Observation?patient={P}&code={observation_codes(base)}",
@@ -31,6 +36,9 @@ def prefetch_templates(base: str) -> dict[str, str]:
         "deviceRequests": f"DeviceRequest?patient={P}",
         "diagnosticReports": f"DiagnosticReport?patient={P}",
     }
+    if hook in ("order-dispatch", "appointment-book"):
+        templates["serviceRequests"] = f"ServiceRequest?patient={P}&status=draft,active,on-hold"
+    return templates
 
 
 SERVICES = {
@@ -51,6 +59,40 @@ SERVICES = {
             "as order-sign."
         ),
     },
+    "order-dispatch-crd": {
+        "hook": "order-dispatch",
+        "title": "Coverage requirements when an order is dispatched to a performer",
+        "description": (
+            "Da Vinci CRD: evaluates each dispatched order (hook 1.0 order/performer/task, or 1.1 "
+            "dispatchedOrders/fulfillmentTasks) against the payer's policy, as at signing, and returns a card and "
+            "a coverage-information update per order. Orders not sent in the prefetch are read from fhirServer."
+        ),
+    },
+    "appointment-book-crd": {
+        "hook": "appointment-book",
+        "title": "Coverage requirements when an appointment is booked",
+        "description": (
+            "Da Vinci CRD: evaluates the procedure behind each booked Appointment (the ServiceRequest it is based "
+            "on, or its CPT/HCPCS service type) and returns a card and a coverage-information update: on the "
+            "Appointment (CRD 2.0.1), on the ServiceRequest (CRD 2.2)."
+        ),
+    },
+    "encounter-start-crd": {
+        "hook": "encounter-start",
+        "title": "Coverage guidance at admission",
+        "description": (
+            "Da Vinci CRD (secondary hook): for an inpatient stay, tells when the patient's open home-oxygen order "
+            "will need its qualifying test taken within two days before discharge. No determinations."
+        ),
+    },
+    "encounter-discharge-crd": {
+        "hook": "encounter-discharge",
+        "title": "Coverage guidance at discharge",
+        "description": (
+            "Da Vinci CRD (secondary hook): at discharge from an inpatient stay, says when no oxygen test from the "
+            "two days before discharge is on record for the patient's open home-oxygen order. No determinations."
+        ),
+    },
 }
 
 
@@ -62,7 +104,7 @@ def discovery(base: str, crd_versions: list[str]) -> dict:
             "hook": svc["hook"],
             "title": svc["title"],
             "description": svc["description"],
-            "prefetch": prefetch_templates(base),
+            "prefetch": prefetch_templates(base, svc["hook"]),
             "usageRequirements": (
                 "Send the prefetch keys, or fhirServer with fhirAuthorization so the service can query. "
                 "Coverage.payor must carry an identifier the payer registry knows."

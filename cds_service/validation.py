@@ -9,7 +9,10 @@ from jsonschema import Draft202012Validator
 from .config import PACKAGE_DIR
 
 SCHEMAS = PACKAGE_DIR / "schemas"
-CONTEXT_SCHEMAS = {"order-sign": "context-order-sign.schema.json", "order-select": "context-order-select.schema.json"}
+CONTEXT_SCHEMAS = {
+    hook: f"context-{hook}.schema.json"
+    for hook in ("order-sign", "order-select", "order-dispatch", "appointment-book", "encounter-start", "encounter-discharge")
+}
 
 
 @lru_cache(maxsize=None)

@@ -28,20 +28,22 @@ def supported():
     return load_json(SUPPORTED_EXAMPLE)
 
 
-def test_discovery_lists_both_services_with_prefetch_and_crd_extensions(client):
+def test_discovery_lists_the_six_crd_services_with_prefetch_and_crd_extensions(client):
     resp = client.get("/cds-services")
     assert resp.status_code == 200
     services = {s["id"]: s for s in resp.get_json()["services"]}
-    assert set(services) == {"order-sign-crd", "order-select-crd"}
-    assert services["order-sign-crd"]["hook"] == "order-sign"
-    assert services["order-select-crd"]["hook"] == "order-select"
+    hooks = ("order-sign", "order-select", "order-dispatch", "appointment-book", "encounter-start", "encounter-discharge")
+    assert set(services) == {f"{hook}-crd" for hook in hooks}
+    for hook in hooks:
+        assert services[f"{hook}-crd"]["hook"] == hook
     for svc in services.values():
         assert svc["title"] and svc["description"]
         prefetch = svc["prefetch"]
+        by_reference = {"serviceRequests"} if svc["hook"] in ("order-dispatch", "appointment-book") else set()
         assert set(prefetch) == {
             "patient", "coverage", "observations", "questionnaireResponses", "conditions", "encounters",
             "procedures", "medicationRequests", "allergies", "devices", "deviceRequests", "diagnosticReports",
-        }
+        } | by_reference
         assert prefetch["patient"] == "Patient/{{context.patientId}}"
         assert prefetch["coverage"] == "Coverage?patient={{context.patientId}}&status=active"
         assert "http://loinc.org|2703-7" in prefetch["observations"]

@@ -1,7 +1,10 @@
 """Tables of the decision store (SQLAlchemy Core). Change them only with a new Alembic revision.
 
-Nothing here holds free-text patient data: codes, policy and criterion IDs, truth values,
-FHIR references (``Type/id``), card uuids and counts.
+Nothing here holds patient names or other free-text patient data: codes, policy and criterion IDs,
+truth values, FHIR references (``Type/id``), card uuids and counts. ``decisions.criteria`` also keeps,
+per node, what the card detail showed of it (engine-written evidence descriptions: resource, value,
+unit, date; resolution; note), with birth dates withheld, for the console's decision page
+(``recorder.shown_text``); the JSON API leaves them out.
 """
 from __future__ import annotations
 
@@ -58,7 +61,7 @@ decisions = sa.Table(
     sa.Column("episode_of", sa.String(256)),
     sa.Column("advisories", sa.JSON, nullable=False),
     sa.Column("deciding", sa.JSON, nullable=False),
-    sa.Column("criteria", sa.JSON, nullable=False),  # [{id, value, evidence: ["Type/id"]}] in outline order
+    sa.Column("criteria", sa.JSON, nullable=False),  # [{id, value, evidence: ["Type/id"], text?, resolution?, note?}] in outline order
     sa.Column("card_uuid", sa.String(64), index=True),
     sa.Column("coverage_assertion_id", sa.String(128)),
     sa.Column("fhir_queries", sa.Integer),

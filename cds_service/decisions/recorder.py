@@ -53,6 +53,17 @@ def _token(value, limit: int = 128) -> str | None:
     return text[:limit] if _TOKEN.match(text[:limit]) else None
 
 
+def _text(value, limit: int) -> str | None:
+    """Free text as sent (a hookInstance, a card id): cut to ``limit`` and made storable — lone
+    surrogates and NUL (which SQLite or PostgreSQL refuse) written as escapes, so the record is kept."""
+    if value is None:
+        return None
+    text = str(value)[:limit]
+    if text.isascii() and "\x00" not in text:
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+
+
 def _ref(value) -> str | None:
     text = str(value) if value is not None else ""
     return text if _REF.match(text) else None
@@ -86,18 +97,44 @@ def _when(value) -> datetime:
     return (dt if dt.tzinfo else dt.replace(tzinfo=timezone.utc)).astimezone(timezone.utc)
 
 
+_BORN = re.compile(r"\bborn\s+\S+?(?=[:,;)]|\s|$)", re.I)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
+
+
+def shown_text(value) -> str | None:
+    """An engine-written description the card detail shows (evidence: resource, value, unit, date;
+    resolution; note), as stored: one line, at most 600 characters, birth dates withheld. The engine
+    writes these from coded data, numbers, dates and references, never from names."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    text = _BORN.sub("born [date withheld]", _CONTROL.sub(" ", value)).strip()
+    if not text.isascii():  # lone surrogates (from a request's text) as escapes: the store refuses them
+        text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= 600 else text[:599] + "…"
+
+
 def criteria(nodes: Iterable) -> list[dict]:
-    """The criteria trace as stored: ID, truth value, evidence references; nothing else."""
+    """The criteria trace as stored: ID, truth value, evidence references and, when the trace has
+    them, what the card detail showed of the node (``text`` per evidence, ``resolution``, ``note``,
+    via ``shown_text``) for the console's decision page. The JSON API leaves those out."""
     out = []
     for n in nodes or []:
         if not isinstance(n, dict):
             continue
         value = str(n.get("value"))
-        out.append({
+        row = {
             "id": _token(n.get("id"), 256),
             "value": value if value in _VALUES else None,
             "evidence": [r for r in (_ref(e) for e in n.get("evidence") or []) if r],
-        })
+        }
+        texts = [t for t in (shown_text(t) for t in (n.get("text") or [])[:10]) if t]
+        if texts:
+            row["text"] = texts
+        for key in ("resolution", "note"):
+            text = shown_text(n.get(key))
+            if text:
+                row[key] = text
+        out.append(row)
     return out
 
 
@@ -172,7 +209,7 @@ class DecisionRecorder:
             self.metrics.observe_event(event, self.policy_of)
         hook_instance = event.get("hookInstance")
         self._put({"kind": "call", "id": self._new_id(), "event": event,
-                   "hookInstance": str(hook_instance)[:128] if hook_instance is not None else None})
+                   "hookInstance": _text(hook_instance, 128)})
 
     def record_feedback(self, service: str, entries: list[Mapping], client: str | None = None,
                         tenant: str | None = None, received_at: datetime | None = None) -> list[str]:
@@ -187,19 +224,19 @@ class DecisionRecorder:
                 "hookInstance": None,
                 "row": {
                     "service": _token(service, 64) or "-",
-                    "card_uuid": str(e["card"])[:128],
+                    "card_uuid": _text(e["card"], 128),
                     "outcome": e["outcome"],
                     "accepted_suggestions": [
                         {"id": str(s.get("id"))[:128]} for s in e.get("acceptedSuggestions") or [] if isinstance(s, Mapping)
                     ],
                     "override_system": _token(reason.get("system"), 256),
                     "override_code": _token(reason.get("code"), 128),
-                    "override_display": str(reason["display"])[:256] if reason.get("code") and reason.get("display") else None,
+                    "override_display": _text(reason["display"], 256) if reason.get("code") and reason.get("display") else None,
                     "has_comment": bool((e.get("overrideReason") or {}).get("userComment")),
                     "outcome_at": _when(e["outcomeTimestamp"]),
                     "received_at": received,
-                    "client": str(client)[:256] if client else None,
-                    "tenant": str(tenant)[:128] if tenant else None,
+                    "client": _text(client, 256) if client else None,
+                    "tenant": _text(tenant, 128) if tenant else None,
                 },
             }
             if self.metrics is not None:
@@ -215,7 +252,7 @@ class DecisionRecorder:
         traces = [t for t in event.get("traces") or [] if isinstance(t, dict)]
         received = _when(event.get("receivedAt"))
         service = _token(event.get("service"), 64) or "-"
-        hook_instance = str(event.get("hookInstance"))[:128] if event.get("hookInstance") is not None else None
+        hook_instance = _text(event.get("hookInstance"), 128)
         fhir_q, fhir_e = _count(event.get("fhirQueries")), _count(event.get("fhirErrors"))
         if fhir_q is None and any("fhirQueries" in t for t in traces):
             fhir_q = sum(_count(t.get("fhirQueries")) or 0 for t in traces)
@@ -261,8 +298,8 @@ class DecisionRecorder:
                 "received_at": received,
                 "status": int(event.get("status") or 0),
                 "elapsed_ms": _ms(event.get("elapsedMs")),
-                "client": str(client)[:256] if client else None,
-                "tenant": str(tenant)[:128] if tenant else None,
+                "client": _text(client, 256) if client else None,
+                "tenant": _text(tenant, 128) if tenant else None,
                 "orders": len(rows),
                 "fhir_queries": fhir_q,
                 "fhir_errors": fhir_e,
@@ -459,6 +496,8 @@ class DecisionRecorder:
             # stored twice is recognised by its id and skipped).
             left = (list(self._batch) if self._inflight else []) + list(self._queue)
             self._queue.clear()
+            # Handed to the spool: a second close (worker exit, then atexit) must not spool them again.
+            self._batch, self._inflight = [], 0
             self._closing = False
             self._wake.clear()
         if flushed and not left:

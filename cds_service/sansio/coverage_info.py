@@ -17,7 +17,8 @@ TECHNICAL = "TECHNICAL_FAILURE"
 
 def assertion_id(order_ref: str, coverage_ref: str, revision: str, determination: str) -> str:
     """Stable for the same order, coverage, policy revision and determination."""
-    digest = hashlib.sha256("|".join((order_ref, coverage_ref, revision, determination)).encode()).hexdigest()
+    text = "|".join((order_ref, coverage_ref, revision, determination))
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()  # ids as sent, even malformed
     return f"crd-{digest[:32]}"
 
 

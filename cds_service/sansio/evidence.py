@@ -12,7 +12,7 @@ from typing import Mapping
 
 from .codes import CPT, LOINC, NUCC, SNOMED, UCUM, V3_ACTCODE, codings
 from .dates import add_days, parse_date, parse_instant
-from .records import Records, reference_str, ref_of
+from .records import Records, listed, reference_str, ref_of
 
 VS_EXT = "http://hl7.org/fhir/us/vitals/StructureDefinition/"
 EXERCISE_EXT = VS_EXT + "ExerciseAssociationExt"
@@ -145,19 +145,20 @@ def observation_date(obs: Mapping) -> tuple[date | None, tuple | None]:
 
 
 def _usable_observation(obs: Mapping) -> bool:
-    return obs.get("status") in OBSERVATION_STATUSES and "dataAbsentReason" not in obs
+    status = obs.get("status")
+    return isinstance(status, str) and status in OBSERVATION_STATUSES and "dataAbsentReason" not in obs
 
 
 def _ext_codes(resource: Mapping, url: str) -> set[str]:
     out = set()
-    for ext in resource.get("extension") or []:
+    for ext in listed(resource.get("extension")):
         if isinstance(ext, dict) and ext.get("url") == url:
             out |= _coding_codes(ext.get("valueCodeableConcept"))
     return out
 
 
 def _component(obs: Mapping, system: str | None, code: str) -> Quantity | None:
-    for comp in obs.get("component") or []:
+    for comp in listed(obs.get("component")):
         if isinstance(comp, dict) and any(
             c == code and (system is None or s == system) for s, c in codings(comp.get("code"))
         ):
@@ -225,7 +226,7 @@ class Extractor:
 
     def performer(self, obs: Mapping, encounter: Mapping | None) -> tuple[str, frozenset]:
         """Performer class (contract §7.3) and the NUCC taxonomy codes seen."""
-        candidates = [self.records.resolve(p, obs) for p in obs.get("performer") or []]
+        candidates = [self.records.resolve(p, obs) for p in listed(obs.get("performer"))]
         candidates = [c for c in candidates if c is not None]
         if not candidates and encounter is not None:
             sp = self.records.resolve(encounter.get("serviceProvider"), encounter)
@@ -238,12 +239,12 @@ class Extractor:
             rtype = res.get("resourceType")
             concepts = []
             if rtype == "Organization":
-                concepts = list(res.get("type") or [])
+                concepts = list(listed(res.get("type")))
             elif rtype == "PractitionerRole":
-                concepts = list(res.get("specialty") or []) + list(res.get("code") or [])
+                concepts = listed(res.get("specialty")) + listed(res.get("code"))
                 org = self.records.resolve(res.get("organization"), res)
                 if org is not None:
-                    concepts += list(org.get("type") or [])
+                    concepts += listed(org.get("type"))
             for concept in concepts:
                 taxonomy |= _coding_codes(concept, NUCC) & DME_TAXONOMY
                 if "idtf" in _coding_codes(concept, f"{self.base}/CodeSystem/performer-class"):
@@ -294,7 +295,7 @@ class Extractor:
             enc, enc_class, enc_end = self.encounter_facts(obs)
             pclass, taxonomy = self.performer(obs, enc)
             components = {}
-            for comp in obs.get("component") or []:
+            for comp in listed(obs.get("component")):
                 if not isinstance(comp, dict):
                     continue
                 for s, c in codings(comp.get("code")):

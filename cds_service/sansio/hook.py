@@ -13,6 +13,7 @@ from datetime import date
 from typing import Callable, Mapping, Protocol
 
 from . import cards as cards_mod
+from . import stay
 from .case import Case
 from .coverage_info import (
     DIALECT_2_0_1, DIALECT_2_2, NOT_APPLICABLE_REASON, TECHNICAL, coverage_information, system_action,
@@ -22,7 +23,10 @@ from .engine import (
     INSUFFICIENT_DOCUMENTATION, NOT_APPLICABLE, NOT_MEDICALLY_NECESSARY, SUPPORTED, Evaluation, evaluate,
 )
 from .logic import Tri
-from .orders import DraftOrder, draft_orders
+from .contexts import (  # noqa: F401 - episode_member_of is re-exported
+    BY_REFERENCE_HOOKS, ENCOUNTER_HOOKS, Lookup, companions, episode_member_of, hook_orders, open_orders,
+)
+from .orders import DraftOrder, make_order
 from .records import PREFETCH_TYPES, KeyState, Records, bundle_resources, key_state, ref_of
 from .routing import RoutingError, route_order
 
@@ -143,11 +147,6 @@ def configuration_of(request: Mapping) -> dict:
     return config  # unknown options are ignored, as CRD asks
 
 
-def _selected(orders: list[DraftOrder], selections: list) -> list[DraftOrder]:
-    wanted = {s for s in selections if isinstance(s, str)}
-    return [o for o in orders if o.ref in wanted or o.ref.split("/")[-1] in wanted]
-
-
 def process(
     request: Mapping,
     library,
@@ -156,13 +155,13 @@ def process(
     settings: Settings,
     uuid_factory: Callable[[], uuid.UUID] = uuid.uuid4,
 ) -> HookResult:
-    """Evaluate every draft (order-sign) or selected (order-select) order."""
+    """Evaluate the hook's orders (``contexts``): every draft (order-sign), the selected ones
+    (order-select), the dispatched orders (order-dispatch), the orders behind the booked
+    appointments (appointment-book); advise on the patient's open orders (encounter hooks)."""
     hook = request["hook"]
     context = request["context"]
     dialect = dialect_of(request)
     config = configuration_of(request)
-    all_orders = draft_orders(context.get("draftOrders"), today)
-    orders = _selected(all_orders, context.get("selections") or []) if hook == "order-select" else all_orders
     has_server = bool(request.get("fhirServer"))
     can_query = getattr(source, "can_query", has_server)
 
@@ -170,7 +169,24 @@ def process(
     for key in PREFETCH_TYPES:
         sources += source.resources(key) or []
     sources += list(getattr(source, "referenced", lambda: [])())
-    records = Records.build(context["patientId"], [o.resource for o in all_orders], sources)
+    # The patient's open ServiceRequests the service queried itself (gather: an episode's partners).
+    queried = (source.resources("serviceRequests") or []) if hook in BY_REFERENCE_HOOKS else []
+    lookup = Lookup(request, extra=sources + queried, failures=getattr(source, "order_failures", None))
+    if hook in ENCOUNTER_HOOKS:
+        return _encounter_advice(request, library, source, sources, lookup, today, settings, dialect, uuid_factory)
+
+    the_orders = hook_orders(request, today, lookup, dialect)
+    orders, episode = the_orders.orders, list(the_orders.episode)
+    if hook in BY_REFERENCE_HOOKS:
+        for order in orders:
+            if order.unavailable and not can_query and lookup.get(order.ref) is None and order.ref not in lookup.failures:
+                why = "no fhirServer to read it" if not has_server else (
+                    f"fhirServer cannot be queried ({getattr(source, 'unavailable', None) or 'queries unavailable'})")
+                raise HookError(412, "not-found", f"{order.location}: {order.ref} is not in the context or the "
+                                f"prefetch and {why}", order.location)
+        # The rest of a dispatched or booked order's episode is in the patient's record (contract §3.2).
+        episode += companions(orders, open_orders(lookup.resources(), context["patientId"]), library)
+    records = Records.build(context["patientId"], episode, sources)
 
     def require(keys: list[str]) -> list[str]:
         missing = [k for k in keys if source.state(k) == KeyState.MISSING and source.resources(k) is None]
@@ -187,8 +203,12 @@ def process(
 
     outcomes = []
     for order in orders:
-        outcomes.append(_evaluate_order(order, request, library, records, source, require, today, settings, hook))
-    _join_episodes(outcomes, library)
+        if order.unavailable:
+            outcomes.append(_unavailable_outcome(order, records, library, settings))
+        else:
+            outcomes.append(_evaluate_order(order, request, library, records, source, require, today, settings, hook))
+    leads = _episode_leads(outcomes, episode, orders, request, library, records, source, require, today, settings, hook)
+    _join_episodes(outcomes + leads, library)
 
     cards, actions, traces = [], [], []
     for oc in outcomes:
@@ -213,18 +233,21 @@ def process(
         if getattr(source, "trace", None):
             trace["fhir"] = dict(source.trace)  # queries, reads, errors and page-cap hits (no URLs, no data)
         if not (hook == "order-select" and oc.determination == NOT_APPLICABLE):
-            cards.append(cards_mod.card(ci, dialect, oc.payer_id, uuid_factory))
+            card = cards_mod.card(ci, dialect, oc.payer_id, uuid_factory)
+            if oc.order.reported_ref != oc.order.ref:
+                _report_on(card, oc.order)
+            cards.append(card)
             trace["cardUuid"] = cards[-1]["uuid"]
         if oc.coverage_ref and config["coverage"]:
             questionnaire = None
             if attest:
                 questionnaire = f"{settings.base}/Questionnaire/{policy.prefix}"
             ext = coverage_information(
-                determination=oc.determination, coverage_ref=oc.coverage_ref, order_ref=oc.order.ref,
+                determination=oc.determination, coverage_ref=oc.coverage_ref, order_ref=oc.order.reported_ref,
                 revision=policy.prefix if policy else "-", today=today, dialect=dialect,
                 pa_needed=oc.pa_needed, reason=oc.reason, questionnaire=questionnaire, hook=hook,
             )
-            actions.append(system_action(oc.order.resource, ext, _action_description(oc)))
+            actions.append(system_action(oc.order.reported, ext, _action_description(oc)))
             trace["coverageAssertionId"] = ext["extension"][-1]["valueString"]
         traces.append(trace)
     body: dict = {"cards": cards}
@@ -233,23 +256,92 @@ def process(
     return HookResult(body, traces)
 
 
-def episode_member_of(policy, order: DraftOrder, valuesets) -> bool:
-    """An order that takes the determination of its episode (contract §3.2: J2274, pump drugs)."""
-    members = policy.episode_members
-    if not members:
-        return False
-    if order.code and order.code in members.get("codes", []):
-        return True
-    if order.type != "MedicationRequest":
-        return False
-    res = order.resource
-    from .codes import codings
+def _report_on(card: dict, order: DraftOrder) -> None:
+    """The card goes with the resource that carries the coverage-information (the Appointment in CRD
+    2.0.1 mode) and says in words which order was evaluated (CRD deviations: linking cards to requests)."""
+    card["extension"]["davinci-crd.associated-resource"] = [{"reference": order.reported_ref}]
+    card["detail"] += f"\n\nFor {order.reported_ref}, booked for {order.ref}."
 
-    routes = {c for d in res.get("dosageInstruction") or [] if isinstance(d, dict) for _, c in codings(d.get("route"))}
-    if routes & set(members.get("medication_routes", [])):
-        return True
-    concept = res.get("medicationCodeableConcept")
-    return any(valuesets.matches_concept(vs, concept) for vs in members.get("medication_value_sets", []))
+
+def _unavailable_outcome(order: DraftOrder, records, library, settings) -> "OrderOutcome":
+    """A referenced order that could not be obtained: no evaluation (contract §10.3).  The
+    coverage-information goes only on a resource we hold (the Appointment), never on the stub."""
+    oc = OrderOutcome(order, TECHNICAL, reason=f"{order.ref} could not be obtained: {order.unavailable}")
+    if order.target is None:
+        return oc
+    try:
+        route = route_order(order.target, records, library.payers, settings.payer_id_system)
+    except RoutingError:
+        return oc
+    payer = library.payers[route.payer_id]
+    oc.payer_id, oc.payer_name, oc.pa_needed, oc.coverage_ref = payer.id, payer.name, payer.pa_needed, ref_of(route.coverage)
+    return oc
+
+
+def _episode_leads(outcomes, episode, orders, request, library, records, source, require, today, settings, hook):
+    """Episode orders that are not reported (a dispatched J2274's pump procedure, still in the record)
+    but whose determination episode members take (``_join_episodes``)."""
+    if not any(oc.policy is None and oc.determination != TECHNICAL and oc.payer_id for oc in outcomes):
+        return []
+    own = {o.ref for o in orders}
+    leads = []
+    for res in episode:
+        if ref_of(res) in own:
+            continue
+        order = make_order(dict(res), today, where="the patient's record")
+        if not order.code or not any(p.episode_members and p.role_of(order.code) for p in library.policies):
+            continue
+        try:
+            leads.append(_evaluate_order(order, request, library, records, source, require, today, settings, hook))
+        except HookError:
+            continue
+    return leads
+
+
+def _encounter_advice(request, library, source, sources, lookup, today, settings, dialect, uuid_factory) -> HookResult:
+    """encounter-start / encounter-discharge: secondary hooks (CRD 2.0.1 req. 165, 167).  The
+    patient's open orders are evaluated (the data the payer needs is gathered now, while the
+    patient is in hospital); what is returned is only the two-day rule for inpatient oxygen tests,
+    when the order's route has it.  No determination, no coverage-information, and never a
+    statement that documentation is needed; data that cannot be had means no advice, not an error."""
+    context = request["context"]
+    patient_id = context["patientId"]
+    encounter = lookup.get(f"Encounter/{context.get('encounterId')}")
+    if encounter is None or not stay.is_inpatient(encounter):
+        return HookResult({"cards": []})
+
+    def lenient(keys: list[str]) -> list[str]:
+        return [k for k in keys if source.state(k) == KeyState.MISSING and source.resources(k) is None]
+
+    cards = []
+    encounter_ref = ref_of(encounter)
+    for res in open_orders(sources, patient_id):
+        order = make_order(dict(res), today, where="the patient's open orders")
+        if not order.code:
+            continue
+        records = Records.build(patient_id, [order.resource], sources)
+        try:
+            oc = _evaluate_order(order, request, library, records, source, lenient, today, settings, request["hook"])
+        except HookError:
+            continue
+        if oc.policy is None or oc.evaluation is None:
+            continue
+        rules = stay.setting_rules(oc.policy, oc.evaluation.route)
+        if not rules:
+            continue
+        criteria = [r.id for r in rules]
+        label = _label(oc)
+        if request["hook"] == "encounter-start":
+            advice = stay.admission_advice(order.ref, order.code, label, oc.payer_name, oc.policy, criteria, encounter_ref)
+        else:
+            discharge, planned = stay.discharge_date(encounter, today)
+            start, end = stay.window(discharge)
+            if stay.stay_tests_in_window(records, settings.base, encounter_ref, start, end):
+                continue
+            advice = stay.discharge_advice(order.ref, order.code, label, oc.payer_name, oc.policy, criteria,
+                                           encounter_ref, start, end, planned)
+        cards.append(stay.card(advice, dialect, uuid_factory))
+    return HookResult({"cards": cards})
 
 
 def _join_episodes(outcomes: list[OrderOutcome], library) -> None:
@@ -285,14 +377,15 @@ def _attestable(ev: Evaluation | None) -> bool:
 
 
 def _action_description(oc: OrderOutcome) -> str:
+    what = oc.order.ref if oc.order.reported_ref == oc.order.ref else f"{oc.order.reported_ref} ({oc.order.ref})"
     if oc.determination == TECHNICAL:
-        return f"Coverage information for {oc.order.ref}: could not be evaluated"
-    return f"Coverage information for {oc.order.ref}: {oc.determination}"
+        return f"Coverage information for {what}: could not be evaluated"
+    return f"Coverage information for {what}: {oc.determination}"
 
 
 def _evaluate_order(order, request, library, records, source, require, today, settings, hook) -> OrderOutcome:
     registry = library.payers
-    where = f"context.draftOrders.entry[{order.index}].resource"
+    where = order.location
     if not order.resource.get("id"):
         raise HookError(400, "required", f"{where}: draft order {order.type} has no id", where)
     problem = order_problem(order.resource)
@@ -363,7 +456,8 @@ def _reason(oc: OrderOutcome) -> str | None:
 
 
 def _trace(request: Mapping, oc: OrderOutcome) -> dict:
-    """The decision record (contract §10.4 Trace): IDs, values and references, no free text."""
+    """The decision record (contract §10.4 Trace): IDs, values and references; per node also what the
+    card detail shows of it (evidence descriptions: values, units, dates; no names)."""
     ev = oc.evaluation
     return {
         "hookInstance": request.get("hookInstance"),
@@ -374,11 +468,25 @@ def _trace(request: Mapping, oc: OrderOutcome) -> dict:
         "t0": oc.order.t0.isoformat(),
         "r": oc.r.isoformat() if oc.r else None,
         "determination": oc.determination,
+        **({"reportedOn": oc.order.reported_ref} if oc.order.reported_ref != oc.order.ref else {}),
         "episodeOf": oc.episode_of,
         "advisories": list(ev.advisories) if ev else [],
         "deciding": [r.id for r in ev.deciding] if ev else [],
         "nodes": [
-            {"id": r.id, "value": r.value.value, "evidence": [e.reference for e in r.evidence]}
+            {"id": r.id, "value": r.value.value, "evidence": [e.reference for e in r.evidence], **_shown(r)}
             for r in (ev.nodes() if ev else [])
         ],
     }
+
+
+def _shown(r) -> dict:
+    """What the card detail shows for a node (evidence descriptions, resolution, note), for the console's
+    decision page. The recorder stores it redacted (``decisions.recorder.criteria``); never names."""
+    out: dict = {}
+    if r.evidence:
+        out["text"] = [e.text for e in r.evidence]
+    if r.resolution and r.value == Tri.UNKNOWN:
+        out["resolution"] = r.resolution
+    if r.note:
+        out["note"] = r.note
+    return out

@@ -37,6 +37,11 @@ class KeyState:
     PRESENT = "present"
 
 
+def listed(value: object) -> list:
+    """A FHIR array element as given, or [] when it is absent or not an array (malformed data)."""
+    return value if isinstance(value, list) else []
+
+
 def key_state(value: object, expected_type: str) -> str:
     if value is None:
         return KeyState.EMPTY
@@ -46,7 +51,7 @@ def key_state(value: object, expected_type: str) -> str:
     if rtype == "OperationOutcome":
         return KeyState.MISSING
     if rtype == "Bundle":
-        resources = [e.get("resource") for e in value.get("entry") or [] if isinstance(e, dict)]
+        resources = [e.get("resource") for e in listed(value.get("entry")) if isinstance(e, dict)]
         if any(isinstance(r, dict) and r.get("resourceType") == "OperationOutcome" for r in resources):
             return KeyState.MISSING
         if not any(isinstance(r, dict) and r.get("resourceType") == expected_type for r in resources):
@@ -64,7 +69,7 @@ def bundle_resources(value: object) -> list[dict]:
     if value.get("resourceType") != "Bundle":
         return [dict(value)] if isinstance(value.get("resourceType"), str) else []
     out = []
-    for entry in value.get("entry") or []:
+    for entry in listed(value.get("entry")):
         if isinstance(entry, dict) and isinstance(entry.get("resource"), dict):
             res = entry["resource"]
             if isinstance(res.get("resourceType"), str):
@@ -126,7 +131,7 @@ class Records:
         if resource.get("status") == "entered-in-error":
             return False
         vs = resource.get("verificationStatus")
-        if isinstance(vs, dict) and any(c.get("code") == "entered-in-error" for c in vs.get("coding") or [] if isinstance(c, dict)):
+        if isinstance(vs, dict) and any(c.get("code") == "entered-in-error" for c in listed(vs.get("coding")) if isinstance(c, dict)):
             return False
         if resource.get("resourceType") == "Patient":
             return resource.get("id") == self.patient_id

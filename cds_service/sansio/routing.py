@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from .records import Records, ref_of
+from .records import Records, listed, ref_of
 
 
 class RoutingError(Exception):
@@ -37,7 +37,7 @@ def candidate_coverages(order: Mapping, records: Records) -> list[dict]:
 
 def payer_ids(cov: Mapping, records: Records, id_system: str) -> set[str]:
     out = set()
-    for payor in cov.get("payor") or []:
+    for payor in listed(cov.get("payor")):
         if not isinstance(payor, dict):
             continue
         identifiers = [payor.get("identifier")] if isinstance(payor.get("identifier"), dict) else []

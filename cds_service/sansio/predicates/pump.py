@@ -416,7 +416,8 @@ def _pain_scores(ctx: Context) -> list[dict]:
             if not (add_days(ctx.case.t0, -TRIAL_LOOKBACK) <= d <= ctx.case.t0):
                 continue  # §4.2: Observations dated before T0 − 365 are ignored
             part_of = set()
-            for ref in obs.get("partOf") or []:
+            part_refs = obs.get("partOf")
+            for ref in part_refs if isinstance(part_refs, list) else ():
                 target = records.resolve(ref, obs)
                 if target is not None:
                     part_of.add(ref_of(target))

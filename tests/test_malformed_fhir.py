@@ -18,7 +18,8 @@ with a summary, an indicator and a detail that explains (a technical failure nam
 that could not be retrieved); 4xx is an OperationOutcome with a diagnostic. The number of requests
 tried is printed at the end of the module (``malformed FHIR: N requests tried, 0 5xx``).
 ``MALFORMED_SAMPLE`` (default 150) sets the random mutations per request template (a third of it for
-the FHIR server's resources); ``MALFORMED_SAMPLE=5000`` tries every mutation, in about ten minutes.
+the FHIR server's resources); ``MALFORMED_SAMPLE=100000`` tries every single-point mutation
+(about 32,000 requests, 7 minutes; bench/RESULTS.md, Fuzzing).
 """
 from __future__ import annotations
 

@@ -410,7 +410,7 @@ def mh_prescriber(ctx: Context, node: Node, params: Mapping) -> Outcome:
     if prac is None or prac.get("resourceType") != "Practitioner":
         return Outcome(Tri.TRUE, note="no requester qualification recorded")
     codes = []
-    for q in prac.get("qualification") or []:
+    for q in (prac.get("qualification") if isinstance(prac.get("qualification"), list) else ()):
         if isinstance(q, dict):
             codes += [c for s, c in codings(q.get("code")) if s == V2_0360]
     ref = ref_of(prac)
@@ -625,12 +625,12 @@ def mh_plan_not_excluded(ctx: Context, node: Node, params: Mapping) -> Outcome:
     cov = ctx.case.coverage or {}
     ref = ref_of(cov) if cov else "Coverage"
     plans = {p.upper() for p in params["plans"]}
-    for klass in cov.get("class") or []:
+    for klass in (cov.get("class") if isinstance(cov.get("class"), list) else ()):
         if not isinstance(klass, dict):
             continue
         ktype = klass.get("type") if isinstance(klass.get("type"), dict) else {}
         type_codes = {c for s, c in codings(ktype) if s == COVERAGE_CLASS}
-        type_codes |= {c.get("code") for c in ktype.get("coding") or []
+        type_codes |= {c.get("code") for c in (ktype.get("coding") if isinstance(ktype.get("coding"), list) else ())
                        if isinstance(c, dict) and "system" not in c}
         if "plan" not in type_codes:
             continue

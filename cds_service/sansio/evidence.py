@@ -157,13 +157,27 @@ def _ext_codes(resource: Mapping, url: str) -> set[str]:
     return out
 
 
-def _component(obs: Mapping, system: str | None, code: str) -> Quantity | None:
+def _components(obs: Mapping, summary_system: str | None = None) -> tuple[dict, dict]:
+    """One pass over ``component``: (system, code) → the Quantity of the first component so coded
+    (what ``_component`` answers), and the ``summary_system`` components' values by code (last wins)."""
+    first: dict = {}
+    summary: dict = {}
     for comp in listed(obs.get("component")):
-        if isinstance(comp, dict) and any(
-            c == code and (system is None or s == system) for s, c in codings(comp.get("code"))
-        ):
-            return _quantity(comp.get("valueQuantity"))
-    return None
+        if not isinstance(comp, dict):
+            continue
+        pairs = codings(comp.get("code"))
+        if not pairs:
+            continue
+        q = _quantity(comp.get("valueQuantity"))
+        for pair in pairs:
+            if pair not in first:
+                first[pair] = q
+            if pair[0] == summary_system and q is not None:
+                summary[pair[1]] = q.value
+    return first, summary
+
+
+OXYGEN_TEST_CODES = frozenset(SAT_CODES | PAO2_CODES | {SAT_SNOMED_NADIR})
 
 
 class Extractor:
@@ -180,10 +194,16 @@ class Extractor:
     def _observations(self) -> list[dict]:
         return self._cached("observations", lambda: [o for o in self.records.of_type("Observation") if _usable_observation(o)])
 
+    def _observations_coded(self, codes: frozenset[str]) -> list[dict]:
+        """Usable Observations carrying one of ``codes`` (any system: the caller checks it), in record order."""
+        return [o for o in self.records.observations_coded(codes) if _usable_observation(o)]
+
     def _in_scope(self, d: date | None) -> bool:
         return d is not None and self.scope_start <= d <= self.t0
 
     def _procedure_context(self, obs: Mapping) -> tuple[str | None, str | None]:
+        if not obs.get("partOf") and not obs.get("derivedFrom"):
+            return None, None
         for ref in list(obs.get("partOf") or []) + list(obs.get("derivedFrom") or []):
             text = reference_str(ref)
             if not text or "Procedure/" not in text and not text.startswith("#"):
@@ -215,9 +235,12 @@ class Extractor:
         return UNKNOWN, session
 
     @staticmethod
-    def _o2_status(obs: Mapping, loinc: set[str]) -> str:
-        flow = _component(obs, LOINC, "3151-8")
-        fio2 = _component(obs, LOINC, "3150-0")
+    def _o2_status(obs: Mapping, loinc: set[str], first: Mapping | None = None) -> str:
+        """``first``: (system, code) → the first component so coded (``_components``), when already read."""
+        if first is None:
+            first = _components(obs)[0]
+        flow = first.get((LOINC, "3151-8"))
+        fio2 = first.get((LOINC, "3150-0"))
         if (flow and flow.value == 0) or (fio2 and fio2.value <= 21) or "59410-1" in loinc:
             return ROOM_AIR
         if (flow and flow.value > 0) or (fio2 and fio2.value > 21) or "59409-3" in loinc:
@@ -225,7 +248,21 @@ class Extractor:
         return UNKNOWN
 
     def performer(self, obs: Mapping, encounter: Mapping | None) -> tuple[str, frozenset]:
-        """Performer class (contract §7.3) and the NUCC taxonomy codes seen."""
+        """Performer class (contract §7.3) and the NUCC taxonomy codes seen.
+
+        Many tests share a performer: the answer is kept per set of references (not for contained ones)."""
+        refs = tuple(reference_str(p) for p in listed(obs.get("performer")))
+        provider = reference_str(encounter.get("serviceProvider")) if encounter is not None else None
+        key = (refs, provider)
+        if any(r and r.startswith("#") for r in refs + (provider,)):
+            return self._performer(obs, encounter)
+        memo = self.__dict__.setdefault("_performers", {})
+        hit = memo.get(key)
+        if hit is None:
+            hit = memo[key] = self._performer(obs, encounter)
+        return hit
+
+    def _performer(self, obs: Mapping, encounter: Mapping | None) -> tuple[str, frozenset]:
         candidates = [self.records.resolve(p, obs) for p in listed(obs.get("performer"))]
         candidates = [c for c in candidates if c is not None]
         if not candidates and encounter is not None:
@@ -256,6 +293,16 @@ class Extractor:
         return "ACCEPTABLE", frozenset()
 
     def encounter_facts(self, obs: Mapping) -> tuple[dict | None, str | None, date | None]:
+        ref = reference_str(obs.get("encounter"))
+        if ref is None or ref.startswith("#"):
+            return self._encounter_facts(obs)
+        memo = self.__dict__.setdefault("_encounters", {})
+        hit = memo.get(ref)
+        if hit is None:
+            hit = memo[ref] = self._encounter_facts(obs)
+        return hit
+
+    def _encounter_facts(self, obs: Mapping) -> tuple[dict | None, str | None, date | None]:
         enc = self.records.resolve(obs.get("encounter"), obs)
         if enc is None or enc.get("resourceType") != "Encounter":
             return None, None, None
@@ -268,9 +315,11 @@ class Extractor:
 
     def oxygen_tests(self) -> list[OxygenTest]:
         tests: list[OxygenTest] = []
-        for obs in self._observations():
-            loinc = _coding_codes(obs.get("code"), LOINC)
-            snomed = _coding_codes(obs.get("code"), SNOMED)
+        oximetry = f"{self.base}/CodeSystem/{OXIMETRY_SUMMARY}"
+        for obs in self._observations_coded(OXYGEN_TEST_CODES):
+            pairs = codings(obs.get("code"))
+            loinc = {c for s, c in pairs if s == LOINC}
+            snomed = {c for s, c in pairs if s == SNOMED}
             if loinc & PAO2_CODES:
                 kind, code = PAO2, "2703-7"
             elif loinc & SAT_CODES:
@@ -294,19 +343,11 @@ class Extractor:
                 context, session = self._context(obs, loinc)
             enc, enc_class, enc_end = self.encounter_facts(obs)
             pclass, taxonomy = self.performer(obs, enc)
-            components = {}
-            for comp in listed(obs.get("component")):
-                if not isinstance(comp, dict):
-                    continue
-                for s, c in codings(comp.get("code")):
-                    if s == f"{self.base}/CodeSystem/{OXIMETRY_SUMMARY}":
-                        cq = _quantity(comp.get("valueQuantity"))
-                        if cq is not None:
-                            components[c] = cq.value
+            first, components = _components(obs, oximetry)
             tests.append(
                 OxygenTest(
                     ref=ref_of(obs), kind=kind, code=code, value=value, date=d, instant=inst,
-                    context=context, o2=self._o2_status(obs, loinc), performer_class=pclass,
+                    context=context, o2=self._o2_status(obs, loinc, first), performer_class=pclass,
                     performer_taxonomy=taxonomy, encounter_ref=ref_of(enc) if enc else None,
                     encounter_class=enc_class, encounter_end=enc_end, session=session,
                     components=components, nadir_only=code == SAT_SNOMED_NADIR,
@@ -336,7 +377,7 @@ class Extractor:
     def labs(self, codes: set[str], units: dict[str, float], system: str = LOINC, window_start: date | None = None) -> list[LabValue]:
         """Values of the given codes, converted by a unit→factor table; others ignored."""
         out = []
-        for obs in self._observations():
+        for obs in self._observations_coded(frozenset(codes)):
             if not _coding_codes(obs.get("code"), system) & codes:
                 continue
             d, inst = observation_date(obs)

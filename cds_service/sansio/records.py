@@ -145,6 +145,30 @@ class Records:
     def of_type(self, rtype: str) -> list[dict]:
         return self.by_type.get(rtype, [])
 
+    def observations_coded(self, codes: frozenset[str] | set[str]) -> list[dict]:
+        """Observations with a coding whose code is one of ``codes`` (any system; callers check it),
+        in record order. Indexed by code once per request, so each kind of fact scans only its own."""
+        index = self.__dict__.get("_obs_by_code")
+        if index is None:
+            index = {}
+            for i, obs in enumerate(self.of_type("Observation")):
+                concept = obs.get("code")
+                if not isinstance(concept, dict):
+                    continue
+                items = concept.get("coding") if "coding" in concept else [concept]  # as codes.codings reads it
+                for c in items if isinstance(items, list) else ():
+                    code = c.get("code") if isinstance(c, dict) else None
+                    if isinstance(code, str):
+                        hits = index.setdefault(code, [])
+                        if not hits or hits[-1] != i:
+                            hits.append(i)
+            self.__dict__["_obs_by_code"] = index
+        positions = [i for code in codes for i in index.get(code, ())]
+        if not positions:
+            return []
+        observations = self.of_type("Observation")
+        return [observations[i] for i in sorted(set(positions))]
+
     def patient(self) -> dict | None:
         p = self.by_ref.get(f"Patient/{self.patient_id}")
         return p if p is not None and self._usable(p) else None

@@ -60,13 +60,22 @@ def window_of(ctx: Context):
     return add_days(anchor, -int(w["days"])), anchor
 
 
-def tests_in_scope(ctx: Context) -> list[OxygenTest]:
-    """Tests with a known context (INT-12), within the scope's window if any."""
-    tests = [t for t in ctx.case.oxygen_tests if t.context != UNKNOWN]
+def tests_in_scope(ctx: Context, contexts: tuple | list | None = None) -> list[OxygenTest]:
+    """Tests with a known context (INT-12), within the scope's window if any; of ``contexts`` only when
+    given. In record order; computed once per window and contexts for the order (do not mutate)."""
     w = window_of(ctx)
-    if w:
-        tests = [t for t in tests if w[0] <= t.date <= w[1]]
-    return tests
+    key = ("in-scope", w, tuple(contexts) if contexts is not None else None)
+    memo = ctx.shared["memo"]
+    hit = memo.get(key)
+    if hit is None:
+        if contexts is not None:
+            hit = [t for t in tests_in_scope(ctx) if t.context in contexts]
+        else:
+            hit = [t for t in ctx.case.oxygen_tests if t.context != UNKNOWN]
+            if w:
+                hit = [t for t in hit if w[0] <= t.date <= w[1]]
+        memo[key] = hit
+    return hit
 
 
 def verdict(ctx: Context, test: OxygenTest) -> Verdict:
@@ -104,9 +113,9 @@ def _setting(ctx: Context, test: OxygenTest) -> tuple[Tri, str]:
         if not (add_days(discharge, -2) <= test.date <= discharge):
             return Tri.FALSE, f"{test.ref} is not within two days before discharge ({iso(discharge)})"
         peers = [
-            t for t in ctx.case.oxygen_tests
-            if t.encounter_ref == test.encounter_ref and t.context == test.context
-            and _verdict(ctx, t, with_setting=False).value != Tri.FALSE
+            t for t in tests_of_encounter(ctx, test.encounter_ref)
+            if t.context == test.context
+            and _verdict_without_setting(ctx, t).value != Tri.FALSE
             and add_days(discharge, -2) <= t.date <= discharge
         ]
         if any(t.instant > test.instant for t in peers):
@@ -127,6 +136,27 @@ def _setting(ctx: Context, test: OxygenTest) -> tuple[Tri, str]:
     if ans is not None and not ans.stale:
         return Tri.of(bool(ans.value)), f"{test.ref} stable state attested: {ans.describe()}"
     return Tri.UNKNOWN, f"{test.ref} stable state not established; {resolution_for(ctx, item)}"
+
+
+def tests_of_encounter(ctx: Context, encounter_ref: str | None) -> list[OxygenTest]:
+    """The case's tests by encounter reference, in record order (once per order: the discharge rule
+    compares each inpatient test with the others of its stay)."""
+    memo = ctx.shared["memo"]
+    index = memo.get("by-encounter")
+    if index is None:
+        index = {}
+        for t in ctx.case.oxygen_tests:
+            index.setdefault(t.encounter_ref, []).append(t)
+        memo["by-encounter"] = index
+    return index.get(encounter_ref, [])
+
+
+def _verdict_without_setting(ctx: Context, test: OxygenTest) -> Verdict:
+    key = ("verdict-no-setting", test.ref, ctx.scope_key)
+    memo = ctx.shared["memo"]
+    if key not in memo:
+        memo[key] = _verdict(ctx, test, with_setting=False)
+    return memo[key]
 
 
 def _acute_respiratory(ctx: Context) -> list:
@@ -182,8 +212,9 @@ def oxygen_test(ctx: Context, node: Node, params: Mapping) -> Outcome:
     """A valid test meets the thresholds (contract §5.5: valid and qualifying → TRUE)."""
     cands = []
     missing = []
-    for test in tests_in_scope(ctx):
-        if params.get("kinds") and test.kind not in params["kinds"]:
+    kinds = params.get("kinds")
+    for test in tests_in_scope(ctx, params["contexts"]):  # qualifies() is FALSE for other contexts
+        if kinds and test.kind not in kinds:
             continue
         q, need = qualifies(test, params)
         if q == Tri.FALSE:
@@ -193,7 +224,7 @@ def oxygen_test(ctx: Context, node: Node, params: Mapping) -> Outcome:
         cands.append(Candidate(test, q, verdict(ctx, test)))
     good = [c for c in cands if c.qualifies == Tri.TRUE and c.verdict.value == Tri.TRUE]
     if good:
-        c = _latest_first(good)[0]
+        c = max(good, key=lambda c: c.test.instant)  # the latest; the first of equals, as a stable sort gives
         return Outcome(Tri.TRUE, [Evidence(c.test.ref, c.test.describe())], facts=cands)
     open_ = [c for c in cands if c.verdict.value != Tri.FALSE]
     if open_:
@@ -313,21 +344,45 @@ def improvement_on_o2(ctx: Context, node: Node, params: Mapping) -> Outcome:
     tests = [t for t in ctx.case.oxygen_tests if t.context == EXERCISE]
     room = [t for t in tests if t.o2 != ON_O2]
     on = [t for t in tests if t.o2 == ON_O2]
-    pairs = []
+    # Pairs (room-air r, on-O2 o) of a kind in one session (same Procedure or same date), in the order
+    # r then o of the record; found through indexes rather than comparing every test with every other.
+    on_at, room_at = _session_index(on), _session_index(room)
+    first_pair = None
+    lowest_for: dict[int, OxygenTest] = {}
     for r in room:
-        for o in on:
-            if o.kind == r.kind and o.same_session(r):
-                pairs.append((r, o))
-    if pairs:
-        for r, o in pairs:
-            lowest = min((t for t in room if t.kind == r.kind and t.same_session(o)), key=lambda t: t.value)
+        for i in _same_session(on_at, r):
+            o = on[i]
+            if first_pair is None:
+                first_pair = (r, o)
+            if i not in lowest_for:
+                lowest_for[i] = min((room[j] for j in _same_session(room_at, o)), key=lambda t: t.value)
+            lowest = lowest_for[i]
             if o.value > lowest.value:
                 return Outcome(Tri.TRUE, [Evidence(lowest.ref, lowest.describe()), Evidence(o.ref, o.describe())])
-        r, o = pairs[0]
+    if first_pair:
+        r, o = first_pair
         return Outcome(Tri.FALSE, [Evidence(r.ref, r.describe()), Evidence(o.ref, o.describe())],
                        note="the on-O2 value is not higher than the room-air value")
     return attested_outcome(ctx, params.get("item", short_id(ctx, node)),
                             "an on-O2 exercise SpO2 or PaO2 in the same session as the room-air exercise test")
+
+
+def _session_index(tests: list[OxygenTest]) -> dict:
+    """(kind, date) and (kind, session) → positions in ``tests``, for ``OxygenTest.same_session``."""
+    index: dict = {}
+    for i, t in enumerate(tests):
+        index.setdefault((t.kind, "date", t.date), []).append(i)
+        if t.session:
+            index.setdefault((t.kind, "session", t.session), []).append(i)
+    return index
+
+
+def _same_session(index: dict, test: OxygenTest) -> list[int]:
+    """Positions, in order, of the indexed tests of ``test``'s kind in its session."""
+    hits = index.get((test.kind, "date", test.date), [])
+    if test.session and (test.kind, "session", test.session) in index:
+        hits = sorted(set(hits) | set(index[(test.kind, "session", test.session)]))
+    return hits
 
 
 @predicate("both_or_attestation")

@@ -5,7 +5,8 @@ verified with PyJWT against the keys of a *trusted client* from configuration:
 issuer, keys (inline JWKS, a JWKS URL, or an allowlisted ``jku``), allowed
 algorithms (ES384 and RS384; RS256 only when enabled for that client), optional
 tenant, and the FHIR servers the client may send. ``aud`` must be this
-endpoint's public URL; ``jti`` may be used once within its lifetime.
+endpoint's public URL; ``jti`` may be used once within its lifetime (the replay cache: in the
+shared store when the app wires it, else in this process; see ``cds_service.replay``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from typing import Callable, Mapping
 import jwt
 import requests
 from jwt import PyJWK
+
+from .replay import MemoryReplayCache, ReplayCache, StoreReplayCache
 
 log = logging.getLogger("cds_service.auth")
 
@@ -73,17 +76,22 @@ class _KeySet:
 
 
 class Verifier:
-    """Verifies client JWTs; JWKS cached per source, refreshed once on an unknown kid (rate-limited)."""
+    """Verifies client JWTs; JWKS cached per source, refreshed once on an unknown kid (rate-limited).
+
+    ``replay`` remembers accepted token ids: this process's memory unless given; the app passes
+    the shared store's cache.
+    """
 
     def __init__(self, clients: list[TrustedClient], *, fetch: Callable[[str], dict] | None = None,
-                 clock: Callable[[], float] = time.time, leeway: int = 60, refresh_interval: float = 60.0):
+                 clock: Callable[[], float] = time.time, leeway: int = 60, refresh_interval: float = 60.0,
+                 replay: ReplayCache | None = None):
         self.clients = {c.iss: c for c in clients}
         self.fetch = fetch or _http_fetch
         self.clock = clock
         self.leeway = leeway
         self.refresh_interval = refresh_interval
         self._keysets: dict[str, _KeySet] = {}
-        self._seen_jti: dict[str, float] = {}
+        self.replay = replay if replay is not None else MemoryReplayCache()
         self._lock = threading.Lock()
 
     def verify(self, token: str, audience: str | list[str]) -> tuple[TrustedClient, dict]:
@@ -115,13 +123,9 @@ class Verifier:
         return client, claims
 
     def _check_replay(self, iss: str, jti: str, exp: float, now: float) -> None:
-        key = f"{iss}|{jti}"
-        with self._lock:
-            for k in [k for k, t in self._seen_jti.items() if t < now]:
-                del self._seen_jti[k]
-            if key in self._seen_jti:
-                raise AuthError("replayed jti")
-            self._seen_jti[key] = max(exp, now + REPLAY_WINDOW_SECONDS)
+        # Remembered until the token expires, and at least REPLAY_WINDOW_SECONDS.
+        if self.replay.seen(iss, jti, max(exp, now + REPLAY_WINDOW_SECONDS), now):
+            raise AuthError("replayed jti")
 
     def _sources(self, client: TrustedClient, header: Mapping) -> list[str]:
         jku = header.get("jku")
@@ -232,7 +236,10 @@ def init_app(app) -> None:
     from .errors import outcome_response
 
     clients = load_clients(app.config["TRUSTED_CLIENTS"])
-    verifier = Verifier(clients, leeway=int(app.config["AUTH_LEEWAY_SECONDS"]))
+    # Token ids go to the decision-record store, shared by every worker and instance using it.
+    recorder = app.extensions.get("cds_decisions")
+    replay = StoreReplayCache(recorder.store, metrics=app.extensions.get("cds_metrics")) if recorder else None
+    verifier = Verifier(clients, leeway=int(app.config["AUTH_LEEWAY_SECONDS"]), replay=replay)
     app.extensions["cds_auth"] = verifier
     if not app.config["AUTH_REQUIRED"]:
         log.warning("CDS client authentication is OFF (AUTH_REQUIRED=false): development and tests only")

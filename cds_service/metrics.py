@@ -53,6 +53,9 @@ class Metrics:
         self.store_errors = Counter("cds_decision_store_errors", "Failed attempts to write a batch to the store.", **r)
         self.store_write_seconds = Histogram("cds_decision_store_write_seconds", "Time to write one batch.",
                                              buckets=LATENCY_BUCKETS, **r)
+        self.replay_fallbacks = Counter("cds_auth_replay_fallbacks",
+                                        "Client tokens whose replay check fell back to the per-process cache "
+                                        "because the shared store was unreachable.", **r)
 
     def observe_event(self, event: dict, policy_of) -> None:
         """A hook call event (see ``hooks._record``): determinations and FHIR work."""

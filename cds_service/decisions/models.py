@@ -88,3 +88,14 @@ feedback = sa.Table(
     sa.Column("tenant", sa.String(128)),
     sa.Column("recorded_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+# The JWT replay cache shared by every worker and instance: one row per client token id (``iss``,
+# ``jti``) accepted, kept until ``expires_at`` (the token's ``exp``, at least 15 minutes). A second
+# insert of a live key is a replay; an expired row is overwritten. Token ids only: no claims.
+jwt_replay = sa.Table(
+    "jwt_replay",
+    metadata,
+    sa.Column("iss", sa.String(256), primary_key=True),
+    sa.Column("jti", sa.String(256), primary_key=True),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False, index=True),
+)

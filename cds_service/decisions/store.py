@@ -16,10 +16,10 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.pool import StaticPool
 
-from .models import decisions, feedback, hook_calls, metadata
+from .models import decisions, feedback, hook_calls, jwt_replay, metadata
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
-HEAD = "0001"  # the newest revision in migrations/versions; tests check it is the head
+HEAD = "0002"  # the newest revision in migrations/versions; tests check it is the head
 _PG_MIGRATION_LOCK = 0x43445344  # pg_advisory_xact_lock key: one instance migrates at a time
 
 
@@ -69,6 +69,7 @@ class DecisionStore:
         self._lock = threading.RLock() if self._memory else None
         self.engine = self._make_engine(parsed, connect_timeout)
         self._schema_ready = False
+        self._migrate_lock = threading.Lock()  # request threads and the writer may all find the schema not ready
 
     # -- engine -------------------------------------------------------------------------------
     def _make_engine(self, parsed, connect_timeout: int) -> Engine:
@@ -152,7 +153,9 @@ class DecisionStore:
 
     def ensure_schema(self) -> None:
         if not self._schema_ready:
-            self.migrate()
+            with self._migrate_lock:
+                if not self._schema_ready:
+                    self.migrate()
 
     # -- writes -------------------------------------------------------------------------------
     def write(self, items: list[Mapping]) -> int:
@@ -189,6 +192,54 @@ class DecisionStore:
         for start in range(0, len(ids), 500):
             found.update(conn.execute(sa.select(column).where(column.in_(ids[start:start + 500]))).scalars())
         return found
+
+    # -- the JWT replay cache ---------------------------------------------------------------------
+    def remember_token(self, iss: str, jti: str, expires_at: datetime, now: datetime) -> bool:
+        """Remember a client token id until ``expires_at``. False when it is already remembered and
+        not expired at ``now``: a replay.
+
+        Atomic across threads, processes and instances: on PostgreSQL and SQLite (3.35+) one upsert
+        that inserts the id or overwrites an expired row, never a live one (``RETURNING`` says
+        whether a row was written); elsewhere the expired row of this id is deleted, then the
+        insert's unique violation is the replay. Raises like any other store call when the store
+        cannot be reached.
+        """
+        self.ensure_schema()
+        if self.dialect in ("postgresql", "sqlite") and self.engine.dialect.insert_returning:
+            return self._remember_upsert(iss, jti, expires_at, now)
+        return self._remember_insert(iss, jti, expires_at, now)
+
+    def _remember_upsert(self, iss: str, jti: str, expires_at: datetime, now: datetime) -> bool:
+        if self.dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert
+        t = jwt_replay
+        stmt = insert(t).values(iss=iss, jti=jti, expires_at=expires_at)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=[t.c.iss, t.c.jti], set_={"expires_at": stmt.excluded.expires_at},
+            where=t.c.expires_at < now,
+        ).returning(t.c.iss)
+        with self._conn(write=True) as conn:
+            with conn.begin():
+                return conn.execute(stmt).first() is not None
+
+    def _remember_insert(self, iss: str, jti: str, expires_at: datetime, now: datetime) -> bool:
+        t = jwt_replay
+        with self._conn(write=True) as conn:
+            try:
+                with conn.begin():
+                    conn.execute(t.delete().where(t.c.iss == iss, t.c.jti == jti, t.c.expires_at < now))
+                    conn.execute(t.insert().values(iss=iss, jti=jti, expires_at=expires_at))
+            except exc.IntegrityError:
+                return False
+        return True
+
+    def purge_tokens(self, now: datetime) -> int:
+        """Forget the token ids expired at ``now``; how many were removed."""
+        with self._conn(write=True) as conn:
+            with conn.begin():
+                return conn.execute(jwt_replay.delete().where(jwt_replay.c.expires_at < now)).rowcount
 
     # -- reads --------------------------------------------------------------------------------
     def traces_for(self, hook_instance: str) -> list[dict] | None:

@@ -35,6 +35,12 @@ DEFAULTS = {
     # Production server (cds-service serve): worker processes (None: 2 per core) and threads per worker.
     "WORKERS": None,
     "THREADS": 4,
+    # Python's garbage-collector generation thresholds in served workers. A hook request allocates
+    # 10^4–10^6 short-lived objects (its parsed JSON); the interpreter's default (700, 10, 10) would
+    # run hundreds of collections per request, each scanning the policy library again. With these,
+    # and the library frozen out of collection after loading (gc.freeze), parsing and evaluating a
+    # 100-Observation request costs about half the CPU (bench/RESULTS.md). None: Python's defaults.
+    "GC_THRESHOLDS": [50000, 20, 100],
     # Decision records (hook calls, per-order decisions, card feedback). None: SQLite file
     # decisions.sqlite3 in the instance folder (in memory for TESTING apps); the DATABASE_URL
     # environment variable is read too. PostgreSQL: postgresql://user:password@host:5432/dbname

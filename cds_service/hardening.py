@@ -32,9 +32,27 @@ def _BRACKET_ONLY(raw: bytes) -> bytes:
     return raw.translate(None, _NOT_BRACKETS)
 
 
+_PARENS = bytes.maketrans(b"[{]}", b"(())")
+
+
+def _within(brackets: bytes, limit: int) -> bool:
+    """Whether balanced brackets nest at most ``limit`` deep, at C speed: each pass of
+    ``replace`` removes the innermost level (the empty pairs) of every nest, so a text of
+    depth d is empty after exactly d passes. False also when unbalanced (the exact count decides)."""
+    text = brackets.translate(_PARENS)
+    for _ in range(limit):
+        if not text:
+            return True
+        shorter = text.replace(b"()", b"")
+        if len(shorter) == len(text):
+            return False  # unbalanced
+        text = shorter
+    return not text
+
+
 def too_deep(raw: bytes, limit: int) -> bool:
     """Fast path first: counting brackets inside strings too can only over-estimate the depth."""
-    if _bracket_depth(_BRACKET_ONLY(raw)) <= limit:
+    if _within(_BRACKET_ONLY(raw), limit):
         return False
     return json_depth(raw) > limit
 

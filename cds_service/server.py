@@ -5,6 +5,7 @@ The development server is only used with ``cds-service serve --dev``.
 from __future__ import annotations
 
 import atexit
+import gc
 import os
 import shutil
 import tempfile
@@ -60,8 +61,19 @@ def _child_exit(server, worker) -> None:
         multiprocess.mark_process_dead(worker.pid)
 
 
+def tune_gc(thresholds) -> None:
+    """Collect once, move everything alive now (the app, the policy library) out of the collector's
+    view (gc.freeze: workers forked after it share those pages and never rescan them), and set the
+    generation thresholds (config GC_THRESHOLDS). Call after the app is built, before forking."""
+    gc.collect()
+    gc.freeze()
+    if thresholds:
+        gc.set_threshold(*(int(t) for t in thresholds))
+
+
 def serve(app, host: str, port: int, workers: int | None = None, threads: int | None = None) -> None:
     cfg = app.config
+    tune_gc(cfg.get("GC_THRESHOLDS"))
     options = {
         "bind": f"{host}:{port}",
         "workers": workers or cfg.get("WORKERS") or default_workers(),

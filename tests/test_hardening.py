@@ -110,3 +110,27 @@ def test_brackets_inside_strings_do_not_make_a_shallow_body_too_deep():
     shallow = json.dumps({"a": "[" * 200, "b": ["{" * 100]}).encode()
     assert not too_deep(shallow, 64)
     assert too_deep(b'{"a":' * 70 + b"1" + b"}" * 70, 64)
+
+
+def _nested(rng, depth):
+    if depth == 0 or rng.random() < 0.2:
+        return rng.choice([1, "a[{", "}]\\\"[", None])
+    if rng.random() < 0.5:
+        return [_nested(rng, depth - 1) for _ in range(rng.randint(0, 3))]
+    return {f"k{i}": _nested(rng, depth - 1) for i in range(rng.randint(0, 3))}
+
+
+def test_fast_depth_check_agrees_with_the_exact_count():
+    """too_deep's C-speed pass (innermost pairs removed per pass) decides as the exact count does,
+    brackets in strings and unbalanced text included."""
+    import random
+
+    from cds_service.hardening import too_deep
+
+    rng = random.Random(8)
+    samples = [json.dumps(_nested(rng, rng.randint(0, 12))).encode() for _ in range(1500)]
+    samples += [b"[[[", b"]]][[[", b'{"a": "[[[[[["}', b"[" * 70 + b"]" * 69, b""]
+    for raw in samples:
+        depth = json_depth(raw)
+        for limit in range(0, 14):
+            assert too_deep(raw, limit) == (depth > limit), (raw[:80], limit, depth)

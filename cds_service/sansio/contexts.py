@@ -28,7 +28,7 @@ from typing import Iterable, Mapping
 
 from .codes import codings
 from .orders import DraftOrder, draft_orders, make_order, order_codes
-from .records import bundle_resources, ref_of, reference_str
+from .records import bundle_entries, bundle_resources, ref_of, reference_str
 
 ORDER_SIGN, ORDER_SELECT = "order-sign", "order-select"
 ORDER_DISPATCH, APPOINTMENT_BOOK = "order-dispatch", "appointment-book"
@@ -80,15 +80,17 @@ class Lookup:
             self._add(res)
         prefetch = request.get("prefetch") if isinstance(request.get("prefetch"), Mapping) else {}
         for value in prefetch.values():
-            for res in bundle_resources(value):
+            for res, _ in bundle_entries(value):
                 self._add(res)
         for res in extra:
             self._add(res)
 
     def _add(self, res: Mapping) -> None:
+        """Kept as given (callers copy what they change); a read's ``__fullUrl`` note is left out."""
         if isinstance(res, Mapping) and isinstance(res.get("id"), str) and res.get("resourceType") != "OperationOutcome":
-            clean = {k: v for k, v in res.items() if k != "__fullUrl"}
-            self.by_ref.setdefault(ref_of(clean), clean)
+            key = f"{res.get('resourceType')}/{res['id']}"
+            if key not in self.by_ref:
+                self.by_ref[key] = {k: v for k, v in res.items() if k != "__fullUrl"} if "__fullUrl" in res else res
 
     def get(self, ref: object, container: Mapping | None = None) -> dict | None:
         text = reference_str(ref)

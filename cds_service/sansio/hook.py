@@ -75,19 +75,31 @@ class PrefetchSource:
 
     def __init__(self, prefetch: Mapping | None):
         self.prefetch = prefetch if isinstance(prefetch, dict) else {}
+        # Read once per key: planning, gathering and evaluation all ask (a key's Bundle may hold 10^3+ entries).
+        self._states: dict[str, str] = {}
+        self._resources: dict[str, list[dict] | None] = {}
 
     def state(self, key: str) -> str:
-        if key not in self.prefetch:
-            return KeyState.MISSING
-        return key_state(self.prefetch[key], PREFETCH_TYPES.get(key, ""))
+        state = self._states.get(key)
+        if state is None:
+            if key not in self.prefetch:
+                state = KeyState.MISSING
+            else:
+                state = key_state(self.prefetch[key], PREFETCH_TYPES.get(key, ""))
+            self._states[key] = state
+        return state
 
     def resources(self, key: str) -> list[dict] | None:
-        state = self.state(key)
-        if state == KeyState.MISSING:
-            return None
-        if state == KeyState.EMPTY:
-            return []
-        return bundle_resources(self.prefetch[key])
+        if key not in self._resources:
+            state = self.state(key)
+            if state == KeyState.MISSING:
+                self._resources[key] = None
+            elif state == KeyState.EMPTY:
+                self._resources[key] = []
+            else:
+                self._resources[key] = bundle_resources(self.prefetch[key])
+        found = self._resources[key]
+        return None if found is None else list(found)
 
 
 @dataclass

@@ -1,6 +1,7 @@
 """The production server (gunicorn, as `cds-service serve` runs it) plus a no-op endpoint.
 
-The no-op endpoint reads and parses the same JSON body and answers ``{"cards": []}``: the
+The no-op endpoint reads and parses the same JSON body (with the service's own parser, orjson) and
+answers ``{"cards": []}``: the
 limit of what this server stack can do, measured beside the real hook in the same run.
 """
 from __future__ import annotations
@@ -11,9 +12,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from flask import jsonify, request  # noqa: E402
+from flask import Response, request  # noqa: E402
 
 from cds_service import create_app  # noqa: E402
+from cds_service.hooks import parse_body, response_bytes  # noqa: E402
 from cds_service.server import serve  # noqa: E402
 
 
@@ -27,8 +29,8 @@ def main() -> None:
 
     @app.post("/bench/noop")
     def noop():
-        request.get_json(force=True)
-        return jsonify({"cards": []})
+        parse_body(request.get_data(cache=False))  # the service's own parser (orjson)
+        return Response(response_bytes({"cards": []}), mimetype="application/json")
 
     serve(app, "127.0.0.1", args.port, args.workers, args.threads)
 

@@ -101,7 +101,7 @@ def plan(request: Mapping, library, today: date, prefetch: PrefetchSource, read:
         needed.append(SERVICE_REQUESTS)
         for policy in episodes:
             need(policy.data_keys)
-    given = Records.build(patient_id, the_orders.episode, _given(prefetch) + list(read))
+    given = Records.build(patient_id, the_orders.episode, _given(prefetch) + list(read), prefetch.urls_by_id)
     if any(not [r for r in o.resource.get("insurance") or [] if given.resolve(r, o.resource)] for o in orders):
         need(["coverage"])  # the order's Coverage is not among the data given
     for order in orders:
@@ -271,6 +271,11 @@ class GatheredSource:
     def failure(self, key: str) -> str | None:
         return self.failures.get(key)
 
+    @property
+    def urls_by_id(self) -> dict[int, str]:
+        """The prefetch entries' fullUrls (query results carry theirs as ``__fullUrl``)."""
+        return self.prefetch.urls_by_id
+
     def referenced(self) -> list[dict]:
         """Resources read to resolve references (none whose origin failed)."""
         return [r for r, origins in self._referenced if not any(o in self.failures for o in origins)]
@@ -307,7 +312,7 @@ class _Run:
             sources += fetch.resources
         for fetch in self.reads.values():
             sources += fetch.resources
-        return Records.build(self.plan.patient_id, _drafts(self.plan), sources)
+        return Records.build(self.plan.patient_id, _drafts(self.plan), sources, self.prefetch.urls_by_id)
 
     def execute(self, code_base: str) -> None:
         pending: dict[Future, tuple[str, object]] = {}
@@ -500,7 +505,7 @@ def gather(request: Mapping, library, today: date, client_factory, config: Gathe
     if allowed is not None and allowed.token_required and token is None:
         return GatheredSource(prefetch, can_query=False, unavailable="fhirServer needs fhirAuthorization.access_token")
     if allowed is None or not the_plan.to_query and not wanted_references(
-            Records.build(the_plan.patient_id, _drafts(the_plan), _given(prefetch) + read),
+            Records.build(the_plan.patient_id, _drafts(the_plan), _given(prefetch) + read, prefetch.urls_by_id),
             the_plan.orders, allowed.base):
         # everything needed was sent (or read); nothing more to read
         return GatheredSource(prefetch, referenced=[(r, {None}) for r in read], can_query=True,

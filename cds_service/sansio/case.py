@@ -96,8 +96,12 @@ class Case:
         return self.order_diagnoses or self.present_diagnoses
 
     def diagnoses_in(self, vs_id: str, among: list[Diagnosis] | None = None) -> list[Diagnosis]:
-        pool = self.present_diagnoses if among is None else among
-        return [d for d in pool if self.valuesets.contains(vs_id, d.system, d.code)]
+        if among is None:  # the present diagnoses: asked of many criteria, answered once per value set
+            memo = self.__dict__.setdefault("_present_in", {})
+            if vs_id not in memo:
+                memo[vs_id] = [d for d in self.present_diagnoses if self.valuesets.contains(vs_id, d.system, d.code)]
+            return list(memo[vs_id])
+        return [d for d in among if self.valuesets.contains(vs_id, d.system, d.code)]
 
     def has_diagnosis(self, vs_id: str) -> bool:
         return bool(self.diagnoses_in(vs_id))

@@ -22,6 +22,8 @@ An order referenced by id that cannot be obtained is kept as a stub ``{resourceT
 """
 from __future__ import annotations
 
+from functools import cached_property
+
 from dataclasses import dataclass, field
 from datetime import date
 from typing import Iterable, Mapping
@@ -73,24 +75,31 @@ class Lookup:
     """
 
     def __init__(self, request: Mapping, extra: Iterable[Mapping] = (), failures: Mapping[str, str] | None = None):
-        self.by_ref: dict[str, dict] = {}
+        self.request = request
+        self.extra = extra
         self.failures = dict(failures or {})
-        context = request.get("context") if isinstance(request.get("context"), Mapping) else {}
+
+    @cached_property
+    def by_ref(self) -> dict[str, dict]:
+        """Indexed when first asked (order-sign and order-select never ask: their orders are inline)."""
+        self._index: dict[str, dict] = {}
+        context = self.request.get("context") if isinstance(self.request.get("context"), Mapping) else {}
         for res in _inline_resources(context):
             self._add(res)
-        prefetch = request.get("prefetch") if isinstance(request.get("prefetch"), Mapping) else {}
+        prefetch = self.request.get("prefetch") if isinstance(self.request.get("prefetch"), Mapping) else {}
         for value in prefetch.values():
             for res, _ in bundle_entries(value):
                 self._add(res)
-        for res in extra:
+        for res in self.extra:
             self._add(res)
+        return self._index
 
     def _add(self, res: Mapping) -> None:
         """Kept as given (callers copy what they change); a read's ``__fullUrl`` note is left out."""
-        if isinstance(res, Mapping) and isinstance(res.get("id"), str) and res.get("resourceType") != "OperationOutcome":
+        if isinstance(res, dict) and isinstance(res.get("id"), str) and res.get("resourceType") != "OperationOutcome":
             key = f"{res.get('resourceType')}/{res['id']}"
-            if key not in self.by_ref:
-                self.by_ref[key] = {k: v for k, v in res.items() if k != "__fullUrl"} if "__fullUrl" in res else res
+            if key not in self._index:
+                self._index[key] = {k: v for k, v in res.items() if k != "__fullUrl"} if "__fullUrl" in res else res
 
     def get(self, ref: object, container: Mapping | None = None) -> dict | None:
         text = reference_str(ref)

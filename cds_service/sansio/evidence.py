@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import date
-from typing import Mapping
+from typing import Mapping, NamedTuple
 
 from .codes import CPT, LOINC, NUCC, SNOMED, UCUM, V3_ACTCODE, codings
 from .dates import add_days, parse_date, parse_instant
@@ -46,8 +46,7 @@ STABLE_CLASSES = {"AMB", "VR", "HH"}
 DME_TAXONOMY = {"332B00000X", "332BX2000X"}
 
 
-@dataclass(frozen=True)
-class Quantity:
+class Quantity(NamedTuple):
     value: float
     unit: str
 

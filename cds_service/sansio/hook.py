@@ -27,7 +27,7 @@ from .contexts import (  # noqa: F401 - episode_member_of is re-exported
     BY_REFERENCE_HOOKS, ENCOUNTER_HOOKS, Lookup, companions, episode_member_of, hook_orders, open_orders,
 )
 from .orders import DraftOrder, make_order
-from .records import PREFETCH_TYPES, KeyState, Records, bundle_resources, key_state, ref_of
+from .records import PREFETCH_TYPES, KeyState, Records, bundle_entries, key_state, ref_of
 from .routing import RoutingError, route_order
 
 CONFIGURATION_OPTIONS = [
@@ -76,8 +76,11 @@ class PrefetchSource:
     def __init__(self, prefetch: Mapping | None):
         self.prefetch = prefetch if isinstance(prefetch, dict) else {}
         # Read once per key: planning, gathering and evaluation all ask (a key's Bundle may hold 10^3+ entries).
+        # The resources are the request's own (not copied: nothing downstream changes them), and the
+        # entries' fullUrls are kept beside them (``urls_by_id``, for ``Records.build``).
         self._states: dict[str, str] = {}
         self._resources: dict[str, list[dict] | None] = {}
+        self.urls_by_id: dict[int, str] = {}
 
     def state(self, key: str) -> str:
         state = self._states.get(key)
@@ -97,7 +100,9 @@ class PrefetchSource:
             elif state == KeyState.EMPTY:
                 self._resources[key] = []
             else:
-                self._resources[key] = bundle_resources(self.prefetch[key])
+                entries = bundle_entries(self.prefetch[key])
+                self._resources[key] = [res for res, _ in entries]
+                self.urls_by_id.update((id(res), url) for res, url in entries if isinstance(url, str))
         found = self._resources[key]
         return None if found is None else list(found)
 
@@ -198,7 +203,8 @@ def process(
                                 f"prefetch and {why}", order.location)
         # The rest of a dispatched or booked order's episode is in the patient's record (contract §3.2).
         episode += companions(orders, open_orders(lookup.resources(), context["patientId"]), library)
-    records = Records.build(context["patientId"], episode, sources)
+    urls = getattr(source, "urls_by_id", None)
+    records = Records.build(context["patientId"], episode, sources, urls)
 
     def require(keys: list[str]) -> list[str]:
         missing = [k for k in keys if source.state(k) == KeyState.MISSING and source.resources(k) is None]
@@ -331,7 +337,7 @@ def _encounter_advice(request, library, source, sources, lookup, today, settings
         order = make_order(dict(res), today, where="the patient's open orders")
         if not order.code:
             continue
-        records = Records.build(patient_id, [order.resource], sources)
+        records = Records.build(patient_id, [order.resource], sources, getattr(source, "urls_by_id", None))
         try:
             oc = _evaluate_order(order, request, library, records, source, lenient, today, settings, request["hook"])
         except HookError:

@@ -110,7 +110,10 @@ class Records:
     draft_orders: list[dict] = field(default_factory=list)
 
     @classmethod
-    def build(cls, patient_id: str, draft_orders: Iterable[Mapping], sources: Iterable[Mapping]) -> "Records":
+    def build(cls, patient_id: str, draft_orders: Iterable[Mapping], sources: Iterable[Mapping],
+              urls_by_id: Mapping[int, str] | None = None) -> "Records":
+        """``urls_by_id``: the fullUrl of a source resource given beside it (``id(resource)``) rather
+        than in the resource's ``__fullUrl`` (``PrefetchSource`` does not copy resources to add it)."""
         rec = cls(patient_id=patient_id)
         rec.draft_orders = [dict(o) for o in draft_orders]
         for order in rec.draft_orders:
@@ -123,10 +126,9 @@ class Records:
                 if key in by_ref:
                     continue  # first source wins; prefetch repeats the draft orders
                 by_ref[key] = resource
-            if "__fullUrl" in resource:
-                url = resource["__fullUrl"]
-                if isinstance(url, str):
-                    by_url.setdefault(url, resource)
+            url = resource["__fullUrl"] if "__fullUrl" in resource else (urls_by_id.get(id(resource)) if urls_by_id else None)
+            if isinstance(url, str):
+                by_url.setdefault(url, resource)
             rtype = resource["resourceType"]
             bucket = typed.get(rtype)
             if bucket is None:

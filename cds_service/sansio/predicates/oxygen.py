@@ -11,6 +11,7 @@ document on the section that needs it:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Mapping
 
 from ..dates import add_days, iso
@@ -31,9 +32,9 @@ NEEDED_TEST = (
 class Verdict:
     """A test's validity: per rule a truth value and the reason."""
 
-    rules: dict  # rule -> (Tri, reason)
+    rules: dict  # rule -> (Tri, reason); not changed once made
 
-    @property
+    @cached_property
     def value(self) -> Tri:
         return all_of(v for v, _ in self.rules.values())
 

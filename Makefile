@@ -6,7 +6,7 @@ HOST ?= 127.0.0.1
 PORT ?= 8080
 
 .PHONY: run test evaluate clean postgres-server chromium
-.PHONY: soak fuzz
+.PHONY: soak fuzz bench wrk
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -65,3 +65,21 @@ evaluate: $(VENV)/.installed
 
 clean:
 	rm -rf $(VENV) .pytest_cache *.egg-info
+
+# Performance (issue 8; results in bench/RESULTS.md): the engine alone per policy and per request stage,
+# then HTTP order-sign under the production server against a no-op endpoint, growth and memory. The
+# load generator is wrk (Debian package), installed here with apt-get when missing (root, as in CI).
+BENCH_SECONDS ?= 10
+
+bench: $(VENV)/.installed wrk
+	$(PY) bench/engine_bench.py
+	$(PY) bench/http_bench.py --seconds $(BENCH_SECONDS)
+
+wrk:
+	@if command -v wrk >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "Installing wrk (Debian package wrk) for the HTTP benchmark"; \
+	  ( export DEBIAN_FRONTEND=noninteractive; apt-get update -qq && \
+	    apt-get install -y -qq --no-install-recommends wrk ) >/tmp/cds-wrk-install.log 2>&1 || \
+	  { echo "wrk could not be installed (log: /tmp/cds-wrk-install.log)"; exit 1; }; \
+	else echo "wrk is not installed (as root: apt-get install wrk)"; exit 1; fi

@@ -160,7 +160,30 @@ def main() -> None:
     print("5. Memory per worker (RSS MB)")
     print(f"| at rest (after warm-up) | {', '.join(f'{m:.0f}' for m in rest_rss)} |")
     print(f"| after the growth run | {', '.join(f'{m:.0f}' for m in after_rss)} |")
+    print()
+    print("Targets (issue 8)")
+    print("| target | measured | met? |")
+    print("|---|---|---|")
+    for name, measured, met in targets(rows, growth, after_rss):
+        print(f"| {name} | {measured} | {'yes' if met else 'NO'} |")
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def targets(rows, growth, after_rss) -> list[tuple[str, str, bool]]:
+    """The issue's four targets against this run's figures, and linear growth."""
+    c8 = next(real for c, real, _ in rows if c == 8)
+    ratio = min(real["rps"] / base["rps"] for _, real, base in rows)
+    big = next(ms for n, _, ms in growth if n == 5000)
+    per_k = [ms / n * 1000 for n, _, ms in growth if n >= 100]
+    return [
+        ("p50 ≤ 10 ms and p99 ≤ 50 ms at concurrency 8", f"p50 {c8['p50']:.1f} ms, p99 {c8['p99']:.1f} ms",
+         c8["p50"] <= 10 and c8["p99"] <= 50),
+        ("throughput ≥ 50 % of the no-op endpoint (lowest ratio of the rows)", f"{ratio:.0%}", ratio >= 0.5),
+        ("5,000 Observations end to end ≤ 100 ms", f"{big:.0f} ms", big <= 100),
+        ("≤ 150 MB resident per worker", f"{max(after_rss):.0f} MB after the growth run", max(after_rss) <= 150),
+        ("growth no worse than linear (ms per 1,000 Observations does not rise from 100 to 5,000)",
+         " → ".join(f"{v:.0f}" for v in per_k), per_k[-1] <= per_k[0] * 1.2),
+    ]
 
 
 if __name__ == "__main__":

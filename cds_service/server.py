@@ -5,6 +5,7 @@ The development server is only used with ``cds-service serve --dev``.
 from __future__ import annotations
 
 import atexit
+import ctypes
 import gc
 import os
 import shutil
@@ -54,6 +55,26 @@ def _worker_exit(server, worker) -> None:
         recorder.close()
 
 
+_LARGE_BODY = 1024 * 1024
+try:  # glibc: hand freed heap pages back to the kernel (no-op elsewhere)
+    _malloc_trim = ctypes.CDLL("libc.so.6").malloc_trim
+except (OSError, AttributeError):  # pragma: no cover - not glibc
+    _malloc_trim = None
+
+
+def _post_request(worker, req, environ, resp) -> None:
+    """After a response to a large request (a prefetch of 10^3+ resources, parsed into tens of MB of
+    objects) is sent, return the freed memory to the system, so a worker's resident size stays near
+    its size at rest instead of its largest request's (bench/RESULTS.md, memory per worker)."""
+    try:
+        size = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return
+    if size >= _LARGE_BODY and _malloc_trim is not None:
+        gc.collect()
+        _malloc_trim(0)
+
+
 def _child_exit(server, worker) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         from prometheus_client import multiprocess
@@ -90,5 +111,6 @@ def serve(app, host: str, port: int, workers: int | None = None, threads: int | 
         # Decision records still queued in a worker are stored before it exits (also at exit).
         "worker_exit": _worker_exit,
         "child_exit": _child_exit,
+        "post_request": _post_request,
     }
     GunicornServer(app, options).run()

@@ -59,3 +59,48 @@ def test_gunicorn_serves_hook_calls(server):
     proc.terminate()
     output = proc.communicate(timeout=15)[0].decode(errors="replace")
     assert "Starting gunicorn" in output and "gthread" in output
+
+
+def test_large_request_is_answered_and_its_memory_handed_back(server):
+    """A 2,000-Observation prefetch (> 1 MB) under gunicorn: the answer is right, and the worker's
+    post-request hook (collect, malloc_trim) runs without disturbing the next request."""
+    from bench.workload import full_prefetch_request
+
+    base, proc = server
+    body = json.dumps(full_prefetch_request(2000, 30)).encode()
+    assert len(body) > 1024 * 1024
+    for _ in range(2):
+        req = urllib.request.Request(base + "/cds-services/order-sign-crd", data=body,
+                                     headers={"Content-Type": "application/json"}, method="POST")
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            payload = json.load(resp)
+        assert payload["cards"][0]["summary"].startswith("SUPPORTED: E1390")
+    assert proc.poll() is None
+
+
+def test_post_request_trims_only_after_large_bodies(monkeypatch):
+    from cds_service import server as srv
+
+    calls = []
+    monkeypatch.setattr(srv, "_malloc_trim", lambda pad: calls.append(pad))
+    srv._post_request(None, None, {"CONTENT_LENGTH": "1000"}, None)
+    srv._post_request(None, None, {"CONTENT_LENGTH": "not a number"}, None)
+    srv._post_request(None, None, {}, None)
+    assert calls == []
+    srv._post_request(None, None, {"CONTENT_LENGTH": str(2 * 1024 * 1024)}, None)
+    assert calls == [0]
+
+
+def test_gc_is_tuned_for_served_workers():
+    """serve() freezes what the app loaded and sets the configured thresholds (in a child process,
+    so the test run's own collector is left alone)."""
+    code = (
+        "import gc\n"
+        "from cds_service.server import tune_gc\n"
+        "from cds_service.config import DEFAULTS\n"
+        "before = gc.get_freeze_count()\n"
+        "tune_gc(DEFAULTS['GC_THRESHOLDS'])\n"
+        "print(gc.get_threshold(), gc.get_freeze_count() > before)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "(50000, 20, 100) True", out.stderr

@@ -131,8 +131,10 @@ def _quantity(q: object) -> Quantity | None:
 
 def observation_date(obs: Mapping) -> tuple[date | None, tuple | None]:
     """effectiveDateTime, else effectivePeriod.start, else issued (contract §5.2)."""
+    inst = parse_instant(obs.get("effectiveDateTime"))  # the usual case first, alone
+    if inst:
+        return inst[0], inst
     for value in (
-        obs.get("effectiveDateTime"),
         (obs.get("effectivePeriod") or {}).get("start") if isinstance(obs.get("effectivePeriod"), dict) else None,
         obs.get("effectiveInstant"),
         obs.get("issued"),

@@ -7,6 +7,7 @@ limit of what this server stack can do, measured beside the real hook in the sam
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from flask import Response, request  # noqa: E402
 
 from cds_service import create_app  # noqa: E402
 from cds_service.hooks import parse_body, response_bytes  # noqa: E402
-from cds_service.server import serve  # noqa: E402
+from cds_service.logs import configure as configure_logs  # noqa: E402
+from cds_service.server import prepare_metrics, serve  # noqa: E402
 
 
 def main() -> None:
@@ -25,6 +27,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--threads", type=int, default=4)
     args = parser.parse_args()
+    # As `cds-service serve` sets up: JSON decision logs on stderr, Prometheus in multiprocess mode.
+    configure_logs(logging.INFO)
+    prepare_metrics()
     app = create_app()
 
     @app.post("/bench/noop")

@@ -70,7 +70,7 @@ def codings(concept: object) -> list[tuple[str, str]]:
         if isinstance(c, dict):
             system, code = c.get("system"), c.get("code")
             if isinstance(system, str) and isinstance(code, str):
-                out.append((canonical_system(system), code))
+                out.append((HCPCS_SYSTEMS[0] if system in HCPCS_SYSTEMS else system, code))  # canonical_system
     return out
 
 

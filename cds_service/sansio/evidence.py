@@ -223,12 +223,13 @@ class Extractor:
         for code, ctx in _CONTEXT_BY_CODE.items():
             if code in loinc:
                 return ctx, session
-        for code in _ext_codes(obs, EXERCISE_EXT):
-            if code in _EXERCISE_EXT_CODES:
-                return _EXERCISE_EXT_CODES[code], session
-        for code in _ext_codes(obs, SLEEP_EXT):
-            if code in _SLEEP_EXT_CODES:
-                return _SLEEP_EXT_CODES[code], session
+        if "extension" in obs:
+            for code in _ext_codes(obs, EXERCISE_EXT):
+                if code in _EXERCISE_EXT_CODES:
+                    return _EXERCISE_EXT_CODES[code], session
+            for code in _ext_codes(obs, SLEEP_EXT):
+                if code in _SLEEP_EXT_CODES:
+                    return _SLEEP_EXT_CODES[code], session
         if proc_ctx:
             return proc_ctx, session
         if "59410-1" in loinc:
@@ -324,7 +325,7 @@ class Extractor:
             if loinc & PAO2_CODES:
                 kind, code = PAO2, "2703-7"
             elif loinc & SAT_CODES:
-                kind, code = SAT, sorted(loinc & SAT_CODES)[0]
+                kind, code = SAT, min(loinc & SAT_CODES)
             elif SAT_SNOMED_NADIR in snomed:
                 kind, code = SAT, SAT_SNOMED_NADIR
             else:
@@ -431,16 +432,20 @@ class Extractor:
         )
 
     def condition_is_present(self, cond: Mapping) -> bool:
-        """Present on T0 (contract §6): active/recurrence/relapse, not refuted, onset not after T0."""
-        fact = self._condition_fact(cond)
-        vs = {c for _, c in codings(cond.get("verificationStatus"))}
-        if vs & {"refuted", "entered-in-error"}:
+        """Present on T0 (contract §6): active/recurrence/relapse, not refuted, onset not after T0.
+
+        Reads only what decides (the abatement only without a clinical status): asked of every Condition."""
+        if "verificationStatus" in cond and {c for _, c in codings(cond["verificationStatus"])} & {"refuted", "entered-in-error"}:
             return False
-        if fact.onset and fact.onset > self.t0:
+        onset = parse_date(cond.get("onsetDateTime") or _period_start(cond.get("onsetPeriod")))
+        if onset and onset > self.t0:
             return False
-        if fact.clinical_status is None:
-            return not (fact.abatement and fact.abatement <= self.t0) and not _has_abatement_without_date(cond)
-        return fact.clinical_status in {"active", "recurrence", "relapse"}
+        cs = cond.get("clinicalStatus")
+        status = next((c for _, c in codings(cs)), None) if isinstance(cs, dict) else None
+        if status is None:
+            abatement = parse_date(cond.get("abatementDateTime") or _period_start(cond.get("abatementPeriod")))
+            return not (abatement and abatement <= self.t0) and not _has_abatement_without_date(cond)
+        return status in {"active", "recurrence", "relapse"}
 
 
 def _has_abatement_without_date(cond: Mapping) -> bool:

@@ -128,3 +128,40 @@ def test_adding_a_valid_qualifying_test_never_makes_an_order_not_medically_neces
         assert after == "SUPPORTED"
     assert not (before != "NOT_MEDICALLY_NECESSARY" and after == "NOT_MEDICALLY_NECESSARY"
                 and before != "NOT_APPLICABLE")
+
+
+# -- INT-17 pairing: the indexed search answers as the pairwise definition does -----------------------
+def _improvement_pairwise(tests):
+    """The rule as written (every room-air exercise test against every on-O2 one): the reference."""
+    from cds_service.sansio.evidence import EXERCISE, ON_O2
+
+    tests = [t for t in tests if t.context == EXERCISE]
+    room = [t for t in tests if t.o2 != ON_O2]
+    on = [t for t in tests if t.o2 == ON_O2]
+    pairs = [(r, o) for r in room for o in on if o.kind == r.kind and o.same_session(r)]
+    for r, o in pairs:
+        lowest = min((t for t in room if t.kind == r.kind and t.same_session(o)), key=lambda t: t.value)
+        if o.value > lowest.value:
+            return True, lowest, o
+    return (False, *pairs[0]) if pairs else None
+
+
+def _exercise_test(i, kind, day, session, o2, value, context):
+    from datetime import date as _date
+
+    from cds_service.sansio.evidence import OxygenTest
+
+    d = _date(2025, 5, day)
+    return OxygenTest(ref=f"Observation/t{i}", kind=kind, code="x", value=value, date=d, instant=(d, f"0{i % 10}:00:00"),
+                      context=context, o2=o2, performer_class="ACCEPTABLE", session=session)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["SAT", "PAO2"]), st.integers(1, 4), st.sampled_from([None, "Procedure/a", "Procedure/b"]),
+                          st.sampled_from(["ROOM_AIR", "ON_O2", "UNKNOWN"]), st.integers(80, 95),
+                          st.sampled_from(["EXERCISE", "EXERCISE", "REST"])), max_size=14))
+def test_improvement_pairing_matches_the_pairwise_rule(specs):
+    from cds_service.sansio.predicates.oxygen import improvement_pair
+
+    tests = [_exercise_test(i, *spec) for i, spec in enumerate(specs)]
+    assert improvement_pair(tests) == _improvement_pairwise(tests)

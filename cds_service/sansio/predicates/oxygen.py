@@ -342,11 +342,26 @@ def hypoxemia_signs(ctx: Context, node: Node, params: Mapping) -> Outcome:
 @predicate("improvement_on_o2")
 def improvement_on_o2(ctx: Context, node: Node, params: Mapping) -> Outcome:
     """INT-17: an on-O2 exercise value higher than the lowest room-air one, same session."""
-    tests = [t for t in ctx.case.oxygen_tests if t.context == EXERCISE]
+    found = improvement_pair(ctx.case.oxygen_tests)
+    if found is not None:
+        improved, room_air, on_o2 = found
+        evidence = [Evidence(room_air.ref, room_air.describe()), Evidence(on_o2.ref, on_o2.describe())]
+        if improved:
+            return Outcome(Tri.TRUE, evidence)
+        return Outcome(Tri.FALSE, evidence, note="the on-O2 value is not higher than the room-air value")
+    return attested_outcome(ctx, params.get("item", short_id(ctx, node)),
+                            "an on-O2 exercise SpO2 or PaO2 in the same session as the room-air exercise test")
+
+
+def improvement_pair(tests: list[OxygenTest]) -> tuple[bool, OxygenTest, OxygenTest] | None:
+    """INT-17 over the exercise tests: pairs (room-air r, on-O2 o) of a kind in one session (same
+    Procedure or same date), in record order of r then o. The first pair whose o is higher than the
+    lowest room-air value of o's session gives (True, that lowest, o); none higher gives (False, r, o)
+    of the first pair; no pair, None. Pairs are found through indexes, not by comparing every test with
+    every other (tests/test_properties.py checks it against the pairwise definition)."""
+    tests = [t for t in tests if t.context == EXERCISE]
     room = [t for t in tests if t.o2 != ON_O2]
     on = [t for t in tests if t.o2 == ON_O2]
-    # Pairs (room-air r, on-O2 o) of a kind in one session (same Procedure or same date), in the order
-    # r then o of the record; found through indexes rather than comparing every test with every other.
     on_at, room_at = _session_index(on), _session_index(room)
     first_pair = None
     lowest_for: dict[int, OxygenTest] = {}
@@ -357,15 +372,9 @@ def improvement_on_o2(ctx: Context, node: Node, params: Mapping) -> Outcome:
                 first_pair = (r, o)
             if i not in lowest_for:
                 lowest_for[i] = min((room[j] for j in _same_session(room_at, o)), key=lambda t: t.value)
-            lowest = lowest_for[i]
-            if o.value > lowest.value:
-                return Outcome(Tri.TRUE, [Evidence(lowest.ref, lowest.describe()), Evidence(o.ref, o.describe())])
-    if first_pair:
-        r, o = first_pair
-        return Outcome(Tri.FALSE, [Evidence(r.ref, r.describe()), Evidence(o.ref, o.describe())],
-                       note="the on-O2 value is not higher than the room-air value")
-    return attested_outcome(ctx, params.get("item", short_id(ctx, node)),
-                            "an on-O2 exercise SpO2 or PaO2 in the same session as the room-air exercise test")
+            if o.value > lowest_for[i].value:
+                return True, lowest_for[i], o
+    return (False, *first_pair) if first_pair else None
 
 
 def _session_index(tests: list[OxygenTest]) -> dict:

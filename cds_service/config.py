@@ -51,6 +51,10 @@ DEFAULTS = {
     "DECISION_QUEUE_SIZE": 10000,
     # Records written per transaction.
     "DECISION_BATCH_SIZE": 200,
+    # How long the writer waits for more records before writing a batch that is not full (seconds):
+    # one transaction per 50 ms rather than per hook call (a record alone costs ~1.7 ms of the writer
+    # thread's CPU to store, one of 50 ~0.4 ms). A flush or shutdown does not wait for it.
+    "DECISION_LINGER_SECONDS": 0.05,
     # Longest wait between retries while the store is down (seconds).
     "DECISION_RETRY_MAX_SECONDS": 5.0,
     # How long shutdown waits for the queue to drain before spooling the rest (seconds).

@@ -413,3 +413,40 @@ def test_a_record_the_store_refuses_does_not_block_the_others(pg_server, tmp_pat
     assert recorder.flush(30)
     assert recorder.rejected == 1
     assert recorder.store.counts()["hook_calls"] == 4
+
+
+def test_a_trickle_of_calls_is_stored_in_batches_and_flush_does_not_wait_for_them(database_url, tmp_path):
+    """DECISION_LINGER_SECONDS: records arriving one by one are written a transaction per batch, not
+    one per hook call; a flush writes what is queued at once."""
+    from cds_service.decisions.recorder import DecisionRecorder
+
+    store = DecisionStore(database_url)
+    store.migrate()
+    writes: list[int] = []
+    real_write = store.write
+
+    def counting_write(items):
+        writes.append(len(items))
+        return real_write(items)
+
+    store.write = counting_write
+    recorder = DecisionRecorder(store, linger=0.5, batch_size=200)
+    for i in range(20):
+        recorder.record({"hookInstance": str(uuid.uuid4()), "service": "order-sign-crd", "hook": "order-sign",
+                         "receivedAt": "2025-06-01T10:00:00+00:00", "status": 200, "elapsedMs": 1.0, "traces": []})
+        time.sleep(0.005)
+    started = time.monotonic()
+    assert recorder.flush(10)
+    assert time.monotonic() - started < 0.4  # the flush did not sit out the linger
+    assert sum(writes) == 20 and len(writes) <= 3, writes
+    assert store.counts()["hook_calls"] == 20
+    # Without a linger each record that finds the writer idle is its own transaction.
+    writes.clear()
+    eager = DecisionRecorder(store, linger=0.0)
+    for i in range(5):
+        eager.record({"hookInstance": str(uuid.uuid4()), "service": "order-sign-crd", "hook": "order-sign",
+                      "receivedAt": "2025-06-01T10:00:00+00:00", "status": 200, "elapsedMs": 1.0, "traces": []})
+        assert eager.flush(10)
+    assert writes == [1, 1, 1, 1, 1]
+    recorder.close(5)
+    eager.close(5)

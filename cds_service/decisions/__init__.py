@@ -54,6 +54,7 @@ def init_app(app: Flask, metrics=None) -> DecisionRecorder:
         store,
         capacity=int(cfg["DECISION_QUEUE_SIZE"]),
         batch_size=int(cfg["DECISION_BATCH_SIZE"]),
+        linger=float(cfg["DECISION_LINGER_SECONDS"]),
         retry_max=float(cfg["DECISION_RETRY_MAX_SECONDS"]),
         flush_timeout=float(cfg["DECISION_FLUSH_TIMEOUT_SECONDS"]),
         spool_dir=spool or None,

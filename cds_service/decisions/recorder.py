@@ -147,6 +147,7 @@ class DecisionRecorder:
         *,
         capacity: int = 10000,
         batch_size: int = 200,
+        linger: float = 0.0,
         retry_initial: float = 0.2,
         retry_max: float = 5.0,
         flush_timeout: float = 10.0,
@@ -158,6 +159,7 @@ class DecisionRecorder:
         self.store = store
         self.capacity = max(1, int(capacity))
         self.batch_size = max(1, int(batch_size))
+        self.linger = max(0.0, float(linger))  # wait for a fuller batch (seconds); flush and close do not
         self.retry_initial = retry_initial
         self.retry_max = retry_max
         self.flush_timeout = flush_timeout
@@ -179,6 +181,7 @@ class DecisionRecorder:
         self._inflight = 0
         self._thread: threading.Thread | None = None
         self._closing = False
+        self._flushing = 0  # flush() calls under way: the writer does not linger for them
         # Record ids: a random prefix per process and a counter (uuid4 per record is slow where
         # the kernel's random source is).
         self._id_prefix = uuid.uuid4().hex[:20]
@@ -380,6 +383,7 @@ class DecisionRecorder:
                             self._thread = None
                             self._cv.notify_all()
                             return
+                self._linger()
                 batch = [self._queue.popleft() for _ in range(min(self.batch_size, len(self._queue)))]
                 self._inflight = len(batch)
                 self._batch = batch
@@ -406,6 +410,18 @@ class DecisionRecorder:
                 self.stored += stored
                 self._cv.notify_all()
             self._gauge()
+
+    def _linger(self) -> None:
+        """With the lock held and records queued: wait up to ``linger`` for a full batch, so that a
+        steady trickle of hook calls is stored a transaction per batch, not one per call."""
+        if self.linger <= 0:
+            return
+        until = time.monotonic() + self.linger
+        while len(self._queue) < self.batch_size and not self._closing and not self._flushing:
+            left = until - time.monotonic()
+            if left <= 0:
+                return
+            self._cv.wait(timeout=left)
 
     def _prepared(self, item: dict) -> dict:
         """A queued hook call turned into its rows (once; kept in the item for retries)."""
@@ -471,12 +487,17 @@ class DecisionRecorder:
         """Wait until every pending record is stored; False if the timeout passed first."""
         deadline = time.monotonic() + (self.flush_timeout if timeout is None else timeout)
         with self._cv:
-            while self._queue or self._inflight:
-                self._ensure_writer()
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cv.wait(timeout=min(left, 0.05))
+            self._flushing += 1
+            self._cv.notify_all()  # a lingering writer writes now
+            try:
+                while self._queue or self._inflight:
+                    self._ensure_writer()
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._cv.wait(timeout=min(left, 0.05))
+            finally:
+                self._flushing -= 1
         return True
 
     def close(self, timeout: float | None = None) -> int:

@@ -16,11 +16,17 @@ class TraceBuffer:
         self._lock = threading.Lock()
 
     def record(self, event: dict) -> None:
-        """Keep the per-order traces of one hook call (a decision event from ``hooks``)."""
+        """Keep the per-order traces of one hook call (a decision event from ``hooks``).
+
+        A hookInstance sent again (a client's retry, a load test replaying one body) replaces what was
+        kept for it: the buffer holds the latest call per hookInstance, so it stays bounded by
+        ``capacity`` calls whatever clients send (the store keeps every call)."""
+        calls: dict[str, list[dict]] = {}
+        for t in event.get("traces", []):
+            calls.setdefault(str(t.get("hookInstance")), []).append(t)
         with self._lock:
-            for t in event.get("traces", []):
-                key = str(t.get("hookInstance"))
-                self._items.setdefault(key, []).append(t)
+            for key, traces in calls.items():
+                self._items[key] = traces
                 self._items.move_to_end(key)
             while len(self._items) > self.capacity:
                 self._items.popitem(last=False)

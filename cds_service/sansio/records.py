@@ -152,10 +152,6 @@ class Records:
         if index_type:
             self.typed.setdefault(resource["resourceType"], []).append(resource)
 
-    @property
-    def by_type(self) -> dict[str, list[dict]]:
-        return {rtype: self.of_type(rtype) for rtype in self.typed}
-
     def _usable(self, resource: Mapping) -> bool:
         if resource.get("status") == "entered-in-error":
             return False

@@ -32,7 +32,7 @@ from ..logic import Tri, any_of
 from ..orders import order_codes
 from ..records import ref_of
 from .common import answer, applies_condition, attested_outcome, resolution_for, short_id
-from .oxygen import NEEDED_TEST, Candidate, Verdict, qualifies, qualifying_candidates
+from .oxygen import NEEDED_TEST, Candidate, Verdict, discharge_rule, memoized, qualifies, qualifying_candidates
 
 V2_0360 = "http://terminology.hl7.org/CodeSystem/v2-0360"
 COVERAGE_CLASS = "http://terminology.hl7.org/CodeSystem/coverage-class"
@@ -135,11 +135,7 @@ def mh_tests(ctx: Context) -> list[OxygenTest]:
 
 
 def mh_verdict(ctx: Context, test: OxygenTest) -> Verdict:
-    key = ("mh-verdict", test.ref, ctx.scope_key)
-    memo = ctx.shared["memo"]
-    if key not in memo:
-        memo[key] = _mh_verdict(ctx, test)
-    return memo[key]
+    return memoized(ctx, ("mh-verdict", test.ref, ctx.scope_key), lambda: _mh_verdict(ctx, test))
 
 
 def _mh_verdict(ctx: Context, test: OxygenTest, with_setting: bool = True) -> Verdict:
@@ -179,21 +175,8 @@ def _acute_short(ctx: Context) -> list:
 def _setting(ctx: Context, test: OxygenTest) -> tuple[Tri, str]:
     """II.A.2.p4 (inpatient discharge rule) or II.A.2.p5 (chronic stable state; not for ACUTE-SHORT)."""
     if test.inpatient:
-        discharge = test.encounter_end
-        if discharge is None:
-            discharge = ctx.case.t0
-            ctx.advisories.add("PROVISIONAL_DISCHARGE")
-        if not (add_days(discharge, -2) <= test.date <= discharge):
-            return Tri.FALSE, f"{test.ref} is not within two days before discharge ({iso(discharge)})"
-        peers = [
-            t for t in ctx.case.oxygen_tests
-            if t.encounter_ref == test.encounter_ref and t.context == test.context
-            and _mh_verdict(ctx, t, with_setting=False).value != Tri.FALSE
-            and add_days(discharge, -2) <= t.date <= discharge
-        ]
-        if any(t.instant > test.instant for t in peers):
-            return Tri.FALSE, f"{test.ref} is not the latest test of its context in the stay"
-        return Tri.TRUE, f"{test.ref} inpatient, within two days before discharge {iso(discharge)}"
+        return discharge_rule(ctx, test, lambda t: memoized(
+            ctx, ("mh-verdict-no-setting", t.ref, ctx.scope_key), lambda: _mh_verdict(ctx, t, with_setting=False)))
     acute = _acute_short(ctx)
     if acute:
         return Tri.TRUE, f"{test.ref} stable state not required: acute, short-term condition {acute[0].code} ({acute[0].ref})"

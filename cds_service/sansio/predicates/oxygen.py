@@ -79,12 +79,17 @@ def tests_in_scope(ctx: Context, contexts: tuple | list | None = None) -> list[O
     return hit
 
 
-def verdict(ctx: Context, test: OxygenTest) -> Verdict:
-    key = ("verdict", test.ref, ctx.scope_key)
+def memoized(ctx: Context, key: tuple, compute):
+    """A value computed once per order evaluation (``ctx.shared["memo"]``): validity verdicts are asked
+    for per test by many criteria, and by the discharge rule per test of the same stay."""
     memo = ctx.shared["memo"]
     if key not in memo:
-        memo[key] = _verdict(ctx, test)
+        memo[key] = compute()
     return memo[key]
+
+
+def verdict(ctx: Context, test: OxygenTest) -> Verdict:
+    return memoized(ctx, ("verdict", test.ref, ctx.scope_key), lambda: _verdict(ctx, test))
 
 
 def _verdict(ctx: Context, test: OxygenTest, with_setting: bool = True) -> Verdict:
@@ -107,21 +112,8 @@ def _verdict(ctx: Context, test: OxygenTest, with_setting: bool = True) -> Verdi
 def _setting(ctx: Context, test: OxygenTest) -> tuple[Tri, str]:
     """I.D.1 (inpatient discharge rule) or I.D.2 (chronic stable state)."""
     if test.inpatient:
-        discharge = test.encounter_end
-        if discharge is None:
-            discharge = ctx.case.t0
-            ctx.advisories.add("PROVISIONAL_DISCHARGE")
-        if not (add_days(discharge, -2) <= test.date <= discharge):
-            return Tri.FALSE, f"{test.ref} is not within two days before discharge ({iso(discharge)})"
-        peers = [
-            t for t in tests_of_encounter(ctx, test.encounter_ref)
-            if t.context == test.context
-            and _verdict_without_setting(ctx, t).value != Tri.FALSE
-            and add_days(discharge, -2) <= t.date <= discharge
-        ]
-        if any(t.instant > test.instant for t in peers):
-            return Tri.FALSE, f"{test.ref} is not the latest test of its context in the stay"
-        return Tri.TRUE, f"{test.ref} inpatient, within two days before discharge {iso(discharge)}"
+        return discharge_rule(ctx, test, lambda t: memoized(
+            ctx, ("verdict-no-setting", t.ref, ctx.scope_key), lambda: _verdict(ctx, t, with_setting=False)))
     if test.encounter_class == "EMER":
         return Tri.FALSE, f"{test.ref} was taken in an emergency encounter (not a chronic stable state)"
     for fact in _acute_respiratory(ctx):
@@ -152,12 +144,25 @@ def tests_of_encounter(ctx: Context, encounter_ref: str | None) -> list[OxygenTe
     return index.get(encounter_ref, [])
 
 
-def _verdict_without_setting(ctx: Context, test: OxygenTest) -> Verdict:
-    key = ("verdict-no-setting", test.ref, ctx.scope_key)
-    memo = ctx.shared["memo"]
-    if key not in memo:
-        memo[key] = _verdict(ctx, test, with_setting=False)
-    return memo[key]
+def discharge_rule(ctx: Context, test: OxygenTest, other_rules) -> tuple[Tri, str]:
+    """The inpatient discharge rule (Centene I.D.1, MassHealth II.A.2.p4): dated within two days
+    before discharge, and the latest test of its context in the stay among those the payer's other
+    validity rules (``other_rules(t)``, a Verdict without the setting rule) do not reject."""
+    discharge = test.encounter_end
+    if discharge is None:
+        discharge = ctx.case.t0
+        ctx.advisories.add("PROVISIONAL_DISCHARGE")
+    if not (add_days(discharge, -2) <= test.date <= discharge):
+        return Tri.FALSE, f"{test.ref} is not within two days before discharge ({iso(discharge)})"
+    peers = [
+        t for t in tests_of_encounter(ctx, test.encounter_ref)
+        if t.context == test.context
+        and other_rules(t).value != Tri.FALSE
+        and add_days(discharge, -2) <= t.date <= discharge
+    ]
+    if any(t.instant > test.instant for t in peers):
+        return Tri.FALSE, f"{test.ref} is not the latest test of its context in the stay"
+    return Tri.TRUE, f"{test.ref} inpatient, within two days before discharge {iso(discharge)}"
 
 
 def _acute_respiratory(ctx: Context) -> list:

@@ -25,7 +25,6 @@ from cds_service.server import tune_gc  # noqa: E402
 from workload import full_prefetch_request  # noqa: E402
 
 TODAY = date(2025, 12, 31)
-SMALL = 100
 
 
 def rate(bodies: list[dict], library, seconds: float = 2.0) -> tuple[float, float]:
@@ -63,7 +62,7 @@ def main() -> None:
     print()
     print("Where one order-sign request's time goes (in process, no HTTP; a fresh body parsed each time)")
     print(f"{'stage':30} {'100 obs ms':>12} {'5000 obs ms':>12}")
-    small, large = stages(library, SMALL, 60), stages(library, 5000, 8)
+    small, large = stages(library, 100, 60), stages(library, 5000, 8)
     for name in small:
         print(f"{name:30} {small[name]:>12.2f} {large[name]:>12.2f}")
 
